@@ -1,0 +1,85 @@
+//! The `trackproxy` binary: parse the command line, load the configuration, set up logging and
+//! the runtime, run. Exit codes: 0 success, 64 configuration error, 1 start-up failure.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use trackproxy::cli::{Cli, Command, ConfigArg, EXIT_CONFIG};
+use trackproxy::config::{self, Config};
+use trackproxy::server::Listeners;
+use trackproxy::{App, shutdown, telemetry};
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(&args),
+        Command::CheckConfig(args) => check_config(&args),
+    }
+}
+
+fn load(args: &ConfigArg) -> Result<Config, ExitCode> {
+    config::load(&args.source()).map_err(|e| {
+        eprintln!("trackproxy: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check_config(args: &ConfigArg) -> ExitCode {
+    telemetry::init_cli();
+    let cfg = match load(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match App::build(&cfg) {
+        Ok(app) => {
+            println!("{}: configuration is valid", cfg.origin);
+            for (host, c) in app.certificates() {
+                println!(
+                    "  {host}: certificate from {} (issuer {})",
+                    c.source, c.issuer
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trackproxy: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn serve(args: &ConfigArg) -> ExitCode {
+    let cfg = match load(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    telemetry::init(&cfg.log);
+    let app = match App::build(&cfg) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("trackproxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trackproxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let listeners = Listeners::bind(&cfg.server).await?;
+        trackproxy::serve(app, listeners, shutdown::signal()).await?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trackproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The forwarder: routes a request by host and passes it to the host's upstream.
+//!
+//! Only configured hosts are served; trackproxy is never an open proxy. The path and query go to
+//! the upstream byte for byte (tracking tokens are opaque: never decoded or re-encoded), `Host`
+//! keeps the branded name, bodies stream both ways, and redirects are passed back, never
+//! followed.
+//!
+//! - `headers`: host of a request, hop-by-hop and `X-Forwarded-*` rules.
+//! - [`upstream`]: the pooled client.
+
+pub(crate) mod headers;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::config::{Config, HttpMode, UpstreamUrl};
+use crate::error::ProxyError;
+use crate::server::ConnInfo;
+use upstream::UpstreamClient;
+
+/// Body of every response trackproxy sends: the upstream's, streamed, or a short local one.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// A short local response (errors, redirects, local files).
+#[must_use]
+pub fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut res = Response::new(Either::Right(Full::new(body.into())));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Where one branded host's requests go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The upstream origin.
+    pub upstream: UpstreamUrl,
+}
+
+/// Configured hosts (lower case) → route. Swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct Routes {
+    by_host: HashMap<String, Route>,
+}
+
+impl Routes {
+    /// The routes of `cfg`.
+    #[must_use]
+    pub fn from_config(cfg: &Config) -> Self {
+        Routes {
+            by_host: cfg
+                .hosts
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.clone(),
+                        Route {
+                            upstream: h.upstream.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The route for a host name (lower case).
+    #[must_use]
+    pub fn get(&self, host: &str) -> Option<&Route> {
+        self.by_host.get(host)
+    }
+}
+
+/// Settings of the forwarder that can change on reload.
+#[derive(Debug)]
+pub struct ForwardSettings {
+    /// Routes by host.
+    pub routes: Routes,
+    /// Plain-HTTP behaviour.
+    pub http_mode: HttpMode,
+    /// Limit from sending the request to the response head.
+    pub response_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` is extended rather than replaced.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl ForwardSettings {
+    /// The settings of `cfg`.
+    #[must_use]
+    pub fn from_config(cfg: &Config) -> Self {
+        ForwardSettings {
+            routes: Routes::from_config(cfg),
+            http_mode: cfg.server.http_mode,
+            response_timeout: cfg.upstream.response_timeout,
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+        }
+    }
+
+    fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The innermost tower service: forwards one request.
+#[derive(Clone)]
+pub struct Forward {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: ArcSwap<ForwardSettings>,
+    client: UpstreamClient,
+    upstream_connections: Arc<AtomicU64>,
+}
+
+impl Forward {
+    /// A forwarder with `settings`, sending through `client`.
+    #[must_use]
+    pub fn new(
+        settings: ForwardSettings,
+        client: UpstreamClient,
+        upstream_connections: Arc<AtomicU64>,
+    ) -> Self {
+        Forward {
+            shared: Arc::new(Shared {
+                settings: ArcSwap::from_pointee(settings),
+                client,
+                upstream_connections,
+            }),
+        }
+    }
+
+    /// Replaces routes and settings; requests in flight finish with the old ones.
+    pub fn reload(&self, settings: ForwardSettings) {
+        self.shared.settings.store(Arc::new(settings));
+    }
+
+    /// Upstream connections opened so far.
+    #[must_use]
+    pub fn upstream_connections(&self) -> u64 {
+        self.shared.upstream_connections.load(Ordering::Relaxed)
+    }
+}
+
+impl tower::Service<Request<Incoming>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.forward(req).await })
+    }
+}
+
+impl Shared {
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
+        }
+        let conn = req
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .ok_or(ProxyError::BadRequest("no connection information"))?;
+        let tls = conn.tls.is_some();
+        let target = headers::target(&req, tls)?;
+        let settings = self.settings.load_full();
+        let Some(route) = settings.routes.get(&target.name) else {
+            return Err(ProxyError::UnknownHost {
+                host: target.name,
+                tls,
+            });
+        };
+        if let Some(t) = &conn.tls {
+            // RFC 9110 §15.5.20: the connection was set up for another host.
+            if *t.sni != target.name {
+                return Err(ProxyError::Misdirected {
+                    host: target.name,
+                    sni: t.sni.to_string(),
+                });
+            }
+        }
+        let pq = match req.uri().path_and_query() {
+            Some(pq) if pq.as_str() == "*" => {
+                return Err(ProxyError::BadRequest("asterisk-form request target"));
+            }
+            Some(pq) => pq.clone(),
+            None => PathAndQuery::from_static("/"),
+        };
+        if !tls && settings.http_mode == HttpMode::Redirect {
+            return Ok(redirect_to_https(&target.host_header, &pq));
+        }
+
+        let upstream = &route.upstream;
+        let (mut parts, body) = req.into_parts();
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(upstream.scheme.clone());
+        uri.authority = Some(upstream.authority.clone());
+        uri.path_and_query = Some(pq);
+        parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("request target"))?;
+        parts.version = Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+        headers::prepare_request(
+            &mut parts.headers,
+            &headers::Forwarding {
+                client: conn.client.ip(),
+                peer_trusted: settings.trusts(conn.peer.ip()),
+                proto: if tls { "https" } else { "http" },
+                host: &target.host_header,
+            },
+        );
+        let response_timeout = settings.response_timeout;
+
+        let sent = self.client.request(Request::from_parts(parts, body));
+        let mut res = match tokio::time::timeout(response_timeout, sent).await {
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    upstream: upstream.to_string(),
+                    after: response_timeout,
+                });
+            }
+            Ok(Err(source)) if source.is_connect() => {
+                return Err(ProxyError::UpstreamConnect {
+                    upstream: upstream.to_string(),
+                    source,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(ProxyError::UpstreamRequest {
+                    upstream: upstream.to_string(),
+                    source,
+                });
+            }
+            Ok(Ok(res)) => res,
+        };
+        headers::prepare_response(res.headers_mut());
+        Ok(res.map(Either::Left))
+    }
+}
+
+/// 308 to the same host, path and query over HTTPS (308 keeps the method: one-click
+/// unsubscribe is a POST).
+fn redirect_to_https(host: &HeaderValue, pq: &PathAndQuery) -> Response<ProxyBody> {
+    // An explicit plain-HTTP port says nothing about the HTTPS port: use the default.
+    let authority = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let host = authority.as_ref().map_or("", http::uri::Authority::host);
+    let mut res = local_response(StatusCode::PERMANENT_REDIRECT, "");
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_keeps_path_and_query_and_drops_port() {
+        let pq = PathAndQuery::from_static("/ls/click?upn=a%2Fb+c");
+        let r = redirect_to_https(&HeaderValue::from_static("url1.example.com:8080"), &pq);
+        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://url1.example.com/ls/click?upn=a%2Fb+c"
+        );
+        let r = redirect_to_https(&HeaderValue::from_static("url1.example.com"), &pq);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "https://url1.example.com/ls/click?upn=a%2Fb+c"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! Header rules of the forwarder: which host a request is for, which headers are hop-by-hop,
+//! and the `X-Forwarded-*` set.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Version};
+
+use crate::error::ProxyError;
+
+/// The host a request is addressed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// Host name for routing: lower case, no trailing dot, no port.
+    pub(crate) name: String,
+    /// What the upstream gets as `Host`: the host as the client sent it, with the port only
+    /// if it is not the default port of the client's scheme.
+    pub(crate) host_header: HeaderValue,
+}
+
+/// Finds the host a request is for (RFC 9112 §3.2, RFC 9113 §8.3.1).
+///
+/// - absolute-form targets (`GET http://host/path`) name the host; `Host` is then ignored, as
+///   RFC 9112 §3.2.2 requires;
+/// - HTTP/2 `:authority` names the host; a `Host` header that differs is malformed;
+/// - otherwise exactly one `Host` header.
+pub(crate) fn target<B>(req: &Request<B>, tls: bool) -> Result<Target, ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    let authority = if let Some(auth) = req.uri().authority() {
+        if req.version() == Version::HTTP_2
+            && host_header
+                .is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(auth.as_str().as_bytes()))
+        {
+            return Err(ProxyError::BadRequest(
+                "Host header differs from :authority",
+            ));
+        }
+        auth.clone()
+    } else {
+        let Some(h) = host_header else {
+            return Err(ProxyError::BadRequest("missing Host header"));
+        };
+        Authority::try_from(h.as_bytes())
+            .map_err(|_| ProxyError::BadRequest("Host header is not a valid authority"))?
+    };
+    if authority.as_str().contains('@') {
+        return Err(ProxyError::BadRequest(
+            "user information in the request target",
+        ));
+    }
+    let host = authority.host();
+    let default_port = if tls { 443 } else { 80 };
+    let sent = match authority.port_u16() {
+        Some(p) if p != default_port => authority.as_str(),
+        _ => host,
+    };
+    let host_header = HeaderValue::from_str(sent)
+        .map_err(|_| ProxyError::BadRequest("Host header is not a valid authority"))?;
+    let trimmed = host.strip_suffix('.').unwrap_or(host);
+    Ok(Target {
+        name: trimmed.to_ascii_lowercase(),
+        host_header,
+    })
+}
+
+/// Hop-by-hop fields always removed (RFC 9110 §7.6.1, plus the non-standard ones proxies
+/// historically treated as such).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Removes hop-by-hop fields: those named in `Connection` first, then the fixed set.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The `X-Forwarded-*` family (and `Forwarded`) as the upstream should see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarding<'a> {
+    /// The client's address (the TCP peer, or the address a trusted PROXY header carried).
+    pub(crate) client: IpAddr,
+    /// Whether the peer is a trusted proxy whose `X-Forwarded-For` chain we extend.
+    pub(crate) peer_trusted: bool,
+    /// `https` or `http`: the scheme the client used.
+    pub(crate) proto: &'static str,
+    /// The branded host.
+    pub(crate) host: &'a HeaderValue,
+}
+
+/// Prepares a request's headers for the upstream: hop-by-hop removed, `Host` set to the
+/// branded host, `X-Forwarded-For` appended (trusted peer) or replaced (anyone else: a client
+/// must not choose the address the ESP records), `X-Forwarded-Proto`/`-Host` set.
+pub(crate) fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    strip_hop_by_hop(headers);
+    // hyper answered any `Expect: 100-continue` itself when the body was first read.
+    headers.remove(header::EXPECT);
+    headers.insert(header::HOST, fwd.host.clone());
+
+    let client = fwd.client.to_string();
+    let xff = if fwd.peer_trusted {
+        let prior: Vec<&str> = headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if prior.is_empty() {
+            client
+        } else {
+            format!("{}, {client}", prior.join(", "))
+        }
+    } else {
+        headers.remove(header::FORWARDED);
+        client
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+    }
+    if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_HOST)) {
+        headers.insert(X_FORWARDED_HOST, fwd.host.clone());
+    }
+}
+
+/// Prepares a response's headers for the client: hop-by-hop removed, everything else
+/// (`Location`, every `Set-Cookie`, caching headers) untouched.
+pub(crate) fn prepare_response(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+}
+
+/// `X-Forwarded-For`.
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    type Outcome = Result<(String, String), String>;
+
+    fn t(version: Version, uri: &str, hosts: &[&str], tls: bool) -> Outcome {
+        target(&req(version, uri, hosts), tls)
+            .map(|t| (t.name, t.host_header.to_str().unwrap().to_owned()))
+            .map_err(|e| e.to_string())
+    }
+
+    /// RFC 9112 §3.2 and §3.2.2, RFC 9113 §8.3.1.
+    #[test]
+    #[allow(clippy::too_many_lines)] // one row per case
+    fn target_host_table() {
+        use Version as V;
+        type Case<'a> = (
+            V,
+            &'a str,
+            &'a [&'a str],
+            bool,
+            Result<(&'a str, &'a str), &'a str>,
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                V::HTTP_11,
+                "/ls/click",
+                &["url1.example.com"],
+                true,
+                Ok(("url1.example.com", "url1.example.com")),
+            ),
+            // default port dropped, others kept, case kept for Host but not for routing
+            (
+                V::HTTP_11,
+                "/",
+                &["URL1.Example.com:443"],
+                true,
+                Ok(("url1.example.com", "URL1.Example.com")),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["url1.example.com:80"],
+                false,
+                Ok(("url1.example.com", "url1.example.com")),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["url1.example.com:8443"],
+                true,
+                Ok(("url1.example.com", "url1.example.com:8443")),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["url1.example.com:443"],
+                false,
+                Ok(("url1.example.com", "url1.example.com:443")),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["url1.example.com."],
+                true,
+                Ok(("url1.example.com", "url1.example.com.")),
+            ),
+            // absolute-form wins over Host (RFC 9112 §3.2.2)
+            (
+                V::HTTP_11,
+                "http://other.example/x",
+                &["url1.example.com"],
+                false,
+                Ok(("other.example", "other.example")),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &[],
+                true,
+                Err("bad request: missing Host header"),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["a.example", "b.example"],
+                true,
+                Err("bad request: more than one Host header"),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["bad host"],
+                true,
+                Err("bad request: Host header is not a valid authority"),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["user@url1.example.com"],
+                true,
+                Err("bad request: user information in the request target"),
+            ),
+            (
+                V::HTTP_2,
+                "https://url1.example.com/x",
+                &[],
+                true,
+                Ok(("url1.example.com", "url1.example.com")),
+            ),
+            (
+                V::HTTP_2,
+                "https://url1.example.com/x",
+                &["URL1.example.com"],
+                true,
+                Ok(("url1.example.com", "url1.example.com")),
+            ),
+            (
+                V::HTTP_2,
+                "https://url1.example.com/x",
+                &["evil.example"],
+                true,
+                Err("bad request: Host header differs from :authority"),
+            ),
+        ];
+        for (v, uri, hosts, tls, want) in cases {
+            let got = t(*v, uri, hosts, *tls);
+            let want = want
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .map_err(str::to_owned);
+            assert_eq!(got, want, "{v:?} {uri} {hosts:?} tls={tls}");
+        }
+    }
+
+    /// RFC 9110 §7.6.1: Connection, the fields it names, and the fixed hop-by-hop set go.
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Hop, close"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other-hop"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-other-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(header::SET_COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::SET_COOKIE, HeaderValue::from_static("b=2"));
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("https://example.com/"),
+        );
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["location", "set-cookie"]);
+        assert_eq!(h.get_all(header::SET_COOKIE).iter().count(), 2);
+    }
+
+    #[test]
+    fn forwarded_for_untrusted_is_replaced_trusted_is_appended() {
+        let host = HeaderValue::from_static("url1.example.com");
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let fwd = Forwarding {
+            client: "203.0.113.7".parse().unwrap(),
+            peer_trusted: false,
+            proto: "https",
+            host: &host,
+        };
+        prepare_request(&mut h, &fwd);
+        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.7");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_HOST], "url1.example.com");
+        assert_eq!(h[header::HOST], "url1.example.com");
+        assert!(!h.contains_key(header::FORWARDED));
+
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.2"));
+        let fwd = Forwarding {
+            client: "2001:db8::1".parse().unwrap(),
+            peer_trusted: true,
+            proto: "http",
+            host: &host,
+        };
+        prepare_request(&mut h, &fwd);
+        assert_eq!(
+            h[X_FORWARDED_FOR],
+            "198.51.100.1, 198.51.100.2, 2001:db8::1"
+        );
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+}

@@ -1,0 +1,411 @@
+//! Listeners and connections: accept loops, TLS handshakes, the HTTP/1.1 + HTTP/2 server,
+//! idle and handshake timeouts, and graceful drain.
+//!
+//! Per connection, in order: TLS handshake under `server.handshake_timeout` (the SNI is checked
+//! against the configured hosts; unknown or missing SNI fails the handshake) → hyper-util's
+//! auto server (HTTP/1.1 or HTTP/2 by ALPN / preface) with header size, header count and
+//! header-read limits → the tower stack from [`crate::middleware`]. A connection with no bytes
+//! moving for `server.idle_timeout` is shut down gracefully. Nothing read from the network can
+//! panic this code; a failure closes its own connection only.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+use tracing::{Instrument, debug, error, info, info_span};
+
+use crate::config::ServerConfig as ServerSettings;
+use crate::middleware::HttpService;
+use crate::tls::SniResolver;
+
+/// What the HTTP layer knows about the connection a request arrived on. Inserted into every
+/// request's extensions.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client: the TCP peer, or the address a trusted PROXY header carried.
+    pub client: SocketAddr,
+    /// The TCP peer (a load balancer when PROXY protocol is used).
+    pub peer: SocketAddr,
+    /// Our address the connection arrived on.
+    pub local: SocketAddr,
+    /// TLS facts; `None` on the plain-HTTP listener.
+    pub tls: Option<TlsInfo>,
+}
+
+/// TLS facts of a connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The SNI the client asked for (lower case); always a configured host.
+    pub sni: Arc<str>,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// Whether the session was resumed (no full handshake).
+    pub resumed: bool,
+}
+
+/// The bound listeners `run` serves. `main` binds them from the configuration; tests bind
+/// `127.0.0.1:0`.
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTPS.
+    pub https: TcpListener,
+    /// Plain HTTP.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses in `server`.
+    ///
+    /// # Errors
+    /// The address that could not be bound and why.
+    pub async fn bind(server: &ServerSettings) -> Result<Self, BindError> {
+        let bind = |addr: SocketAddr, key: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { key, addr, source })
+        };
+        Ok(Listeners {
+            https: bind(server.https_listen, "server.https_listen").await?,
+            http: bind(server.http_listen, "server.http_listen").await?,
+        })
+    }
+}
+
+/// A listener address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({key})")]
+pub struct BindError {
+    /// Config key of the address.
+    pub key: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
+
+/// Everything a connection task needs, shared by all of them.
+pub(crate) struct Server {
+    pub(crate) tls: Arc<ServerConfig>,
+    pub(crate) resolver: Arc<SniResolver>,
+    pub(crate) http: auto::Builder<TokioExecutor>,
+    pub(crate) service: HttpService,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl Server {
+    /// The HTTP/1.1 + HTTP/2 connection builder with the configured limits.
+    pub(crate) fn http_builder(cfg: &ServerSettings) -> auto::Builder<TokioExecutor> {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            // Also bounds how long an idle HTTP/1 keep-alive connection waits for its next
+            // request: hyper starts this timer whenever it waits for a request head.
+            .header_read_timeout(cfg.header_read_timeout)
+            // A head larger than this is answered with 431 (hyper's buffer limit); the minimum
+            // hyper accepts is 8 KiB.
+            .max_buf_size(cfg.max_header_bytes.max(8192))
+            .max_headers(cfg.max_headers);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            // Rapid reset (CVE-2023-44487) and its local-error variant (CVE-2025-8671): a client
+            // that makes us reset streams faster than this gets GOAWAY.
+            .max_pending_accept_reset_streams(32)
+            .max_local_error_reset_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        b
+    }
+}
+
+/// Whether a listener serves TLS or plain HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Https,
+    Http,
+}
+
+/// Accepts connections until `token` is cancelled, then drops the listener so new connections
+/// are refused. Each connection runs in its own task, tracked by `tracker`.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    kind: Kind,
+    server: Arc<Server>,
+    token: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let local = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = token.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) if is_per_connection_error(&e) => continue,
+            Err(e) => {
+                // EMFILE / ENFILE / ENOMEM: back off instead of spinning; never give up.
+                error!(error = %e, listener = ?local, "accept failed");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = token.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        let server = server.clone();
+        let token = token.clone();
+        let span = info_span!("conn", %peer);
+        tracker.spawn(
+            async move {
+                let local = stream.local_addr().unwrap_or(peer);
+                let _ = stream.set_nodelay(true);
+                match kind {
+                    Kind::Https => serve_tls(stream, peer, local, &server, token).await,
+                    Kind::Http => {
+                        let info = ConnInfo {
+                            client: peer,
+                            peer,
+                            local,
+                            tls: None,
+                        };
+                        serve_http(stream, info, &server, token).await;
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+    debug!(listener = ?local, "listener closed");
+}
+
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    server: &Server,
+    token: CancellationToken,
+) {
+    let deadline = Instant::now() + server.handshake_timeout;
+    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = match tokio::time::timeout_at(deadline, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => {
+            debug!(failure = "client_hello", error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(failure = "handshake_timeout", "TLS handshake failed");
+            return;
+        }
+    };
+    let hello = start.client_hello();
+    let sni: Option<Arc<str>> = hello
+        .server_name()
+        .map(|s| Arc::from(s.to_ascii_lowercase()));
+    match &sni {
+        None => debug!(failure = "no_sni", "TLS handshake rejected"),
+        Some(name) if !server.resolver.knows(name) => {
+            debug!(failure = "unknown_sni", sni = %name, "TLS handshake rejected");
+        }
+        Some(_) => {}
+    }
+    // Even for a refused SNI the handshake continues: the resolver then has no certificate,
+    // and rustls ends the handshake with a proper alert instead of a bare close.
+    let tls = match tokio::time::timeout_at(deadline, start.into_stream(server.tls.clone())).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            if sni.as_deref().is_some_and(|n| server.resolver.knows(n)) {
+                debug!(failure = "handshake", error = %e, "TLS handshake failed");
+            }
+            return;
+        }
+        Err(_) => {
+            debug!(failure = "handshake_timeout", "TLS handshake failed");
+            return;
+        }
+    };
+    let Some(sni) = sni else { return };
+    let (_, conn) = tls.get_ref();
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    let info = ConnInfo {
+        client: peer,
+        peer,
+        local,
+        tls: Some(TlsInfo {
+            sni,
+            version,
+            resumed,
+        }),
+    };
+    serve_http(tls, info, server, token).await;
+}
+
+/// Serves HTTP on one connection until the client closes it, it idles out, or shutdown.
+async fn serve_http<I>(io: I, info: ConnInfo, server: &Server, token: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let active = Arc::new(AtomicBool::new(true));
+    let io = TokioIo::new(Tracked {
+        inner: io,
+        active: active.clone(),
+    });
+    let svc = server.service.clone();
+    // HTTP/2 streams run in tasks of their own: carry the connection's span into each request.
+    let span = tracing::Span::current();
+    let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        svc.clone().oneshot(req).instrument(span.clone())
+    });
+    let conn = server.http.serve_connection(io, hyper_svc);
+    tokio::pin!(conn);
+    let idle = server.idle_timeout;
+    let mut idle_check = tokio::time::interval_at(Instant::now() + idle, idle);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    log_connection_error(&*e);
+                }
+                break;
+            }
+            () = token.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = idle_check.tick(), if !closing => {
+                if !active.swap(false, Ordering::Relaxed) {
+                    debug!(idle = ?idle, "closing idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Logs why hyper closed a connection: malformed requests (answered 400/431 by hyper) at info,
+/// routine endings (timeouts, resets) at debug.
+fn log_connection_error(e: &(dyn std::error::Error + 'static)) {
+    let Some(he) = e.downcast_ref::<hyper::Error>() else {
+        debug!(failure = "io", error = %crate::error::chain(e), "connection closed");
+        return;
+    };
+    if he.is_parse_too_large() {
+        info!(
+            failure = "header_too_large",
+            status = 431,
+            "request refused"
+        );
+    } else if he.is_parse() || he.is_parse_version_h2() {
+        info!(failure = "malformed_request", status = 400, error = %crate::error::chain(e), "request refused");
+    } else if he.is_timeout() {
+        debug!(failure = "header_timeout", "connection closed");
+    } else {
+        debug!(failure = "io", error = %crate::error::chain(e), "connection closed");
+    }
+}
+
+/// IO wrapper that notes activity so idle connections can be found without a timer per read.
+struct Tracked<I> {
+    inner: I,
+    active: Arc<AtomicBool>,
+}
+
+impl<I> Tracked<I> {
+    fn touch(&self) {
+        if !self.active.load(Ordering::Relaxed) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        res
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,59 @@
+//! TLS termination: the rustls `ServerConfig` for the HTTPS listener and where its certificates
+//! come from.
+//!
+//! - [`sni`]: the [`SniResolver`] that picks a certificate by SNI, for configured hosts only. An
+//!   unknown or missing SNI gets no certificate, so the handshake fails: no default certificate is
+//!   ever shown for a host we do not serve.
+//! - [`static_certs`]: PEM certificates from files (cert-manager, own CA) and the self-signed
+//!   certificate generated at start for the offline default.
+//!
+//! One crypto provider, aws-lc-rs, is used everywhere; TLS 1.3 and 1.2 only, ALPN `h2` and
+//! `http/1.1`, stateless TLS 1.3 session tickets so returning clients skip the full handshake.
+
+pub mod sni;
+pub mod static_certs;
+
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+
+pub use sni::SniResolver;
+
+/// Failures building the TLS server configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// rustls refused the protocol versions or provider.
+    #[error("building the TLS configuration")]
+    Rustls(#[source] rustls::Error),
+}
+
+/// The process-wide crypto provider (aws-lc-rs).
+#[must_use]
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// ALPN protocols offered to clients, most preferred first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Builds the HTTPS listener's configuration around `resolver`.
+///
+/// # Errors
+/// When rustls rejects the provider/version combination or the ticketer cannot be created.
+pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, Error> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(Error::Rustls)?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // Returning clients (the same recipient clicking a second link) resume with a ticket
+    // instead of a full handshake; tickets rotate every 6 hours.
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(Error::Rustls)?;
+    // TLS 1.2 clients resume from a bounded in-memory cache.
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    // Early data is replayable: a tracked click must not be.
+    cfg.max_early_data_size = 0;
+    Ok(Arc::new(cfg))
+}
