@@ -157,6 +157,10 @@ pub async fn serve(
         service: middleware::stack(forward),
         handshake_timeout: cfg.server.handshake_timeout,
         idle_timeout: cfg.server.idle_timeout,
+        proxy_protocol: server::ProxyPolicy {
+            mode: cfg.server.proxy_protocol,
+            trusted: cfg.server.trusted_proxies.clone(),
+        },
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();

@@ -30,6 +30,10 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{Instrument, debug, error, info, info_span};
 
+mod proxy_protocol;
+
+pub(crate) use proxy_protocol::Policy as ProxyPolicy;
+
 use crate::config::ServerConfig as ServerSettings;
 use crate::middleware::HttpService;
 use crate::tls::SniResolver;
@@ -108,6 +112,7 @@ pub(crate) struct Server {
     pub(crate) service: HttpService,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) proxy_protocol: ProxyPolicy,
 }
 
 impl Server {
@@ -174,16 +179,35 @@ pub(crate) async fn accept_loop(
         };
         let server = server.clone();
         let token = token.clone();
-        let span = info_span!("conn", %peer);
+        let span = info_span!("conn", %peer, client = tracing::field::Empty);
         tracker.spawn(
             async move {
+                let mut stream = stream;
                 let local = stream.local_addr().unwrap_or(peer);
                 let _ = stream.set_nodelay(true);
+                // One deadline covers the PROXY header and the TLS handshake.
+                let deadline = Instant::now() + server.handshake_timeout;
+                let policy = &server.proxy_protocol;
+                let client = match tokio::time::timeout_at(deadline, policy.client_addr(&mut stream, peer)).await {
+                    Ok(Ok(client)) => client,
+                    Ok(Err(e)) => {
+                        info!(failure = e.failure(), error = %crate::error::chain(&e), "connection refused");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(failure = "proxy_header_timeout", "connection refused");
+                        return;
+                    }
+                };
+                if client != peer {
+                    tracing::Span::current().record("client", tracing::field::display(client));
+                }
+                let addrs = Addrs { client, peer, local };
                 match kind {
-                    Kind::Https => serve_tls(stream, peer, local, &server, token).await,
+                    Kind::Https => serve_tls(stream, addrs, deadline, &server, token).await,
                     Kind::Http => {
                         let info = ConnInfo {
-                            client: peer,
+                            client,
                             peer,
                             local,
                             tls: None,
@@ -209,14 +233,21 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
-async fn serve_tls(
-    stream: TcpStream,
+/// The addresses of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    client: SocketAddr,
     peer: SocketAddr,
     local: SocketAddr,
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    addrs: Addrs,
+    deadline: Instant,
     server: &Server,
     token: CancellationToken,
 ) {
-    let deadline = Instant::now() + server.handshake_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let start = match tokio::time::timeout_at(deadline, acceptor).await {
         Ok(Ok(start)) => start,
@@ -264,9 +295,9 @@ async fn serve_tls(
     };
     let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     let info = ConnInfo {
-        client: peer,
-        peer,
-        local,
+        client: addrs.client,
+        peer: addrs.peer,
+        local: addrs.local,
         tls: Some(TlsInfo {
             sni,
             version,

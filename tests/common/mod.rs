@@ -6,6 +6,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::pedantic)]
 
+pub mod haproxy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -665,4 +667,37 @@ impl BinProxy {
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
+}
+
+/// A TCP connection from a chosen loopback source address (the whole 127.0.0.0/8 is loopback,
+/// so tests can play several clients).
+pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
+    s.connect(to).await
+}
+
+/// Like [`raw_tls`], from a chosen source address.
+pub async fn raw_tls_from(
+    ca: &TestCa,
+    from: &str,
+    addr: SocketAddr,
+    sni: &str,
+    request: &[u8],
+) -> String {
+    let tcp = connect_from(from, addr).await.unwrap();
+    let connector = TlsConnector::from(ca.client_config(&[b"http/1.1"]));
+    let mut s = connector
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    s.write_all(request).await.unwrap();
+    read_all(&mut s).await
+}
+
+/// Like [`raw_plain`], from a chosen source address.
+pub async fn raw_plain_from(from: &str, addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = connect_from(from, addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_all(&mut s).await
 }
