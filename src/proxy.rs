@@ -8,6 +8,7 @@
 //! - `headers`: host of a request, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`upstream`]: the pooled client.
 
+pub mod client_addr;
 pub(crate) mod headers;
 pub mod upstream;
 
