@@ -87,13 +87,14 @@ mod tests {
         s.parse().unwrap()
     }
 
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
     #[test]
     fn client_ip_table() {
         let trusted: Vec<IpNet> = vec![
             "10.0.0.0/8".parse().unwrap(),
             "2001:db8:ffff::/48".parse().unwrap(),
         ];
-        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case<'_>] = &[
             // untrusted sender: headers ignored
             (
