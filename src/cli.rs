@@ -86,10 +86,8 @@ pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u16>
     let mut s = TcpStream::connect_timeout(&SocketAddr::new(ip, addr.port()), timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())?;
     let mut head = [0u8; 64];
     let mut n = 0;
     while n < 12 {

@@ -319,7 +319,10 @@ fn probe_exit_code_follows_the_admin_answer() {
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             let mut req = [0u8; 512];
-            let n = s.read(&mut req).unwrap();
+            let mut n = 0;
+            while !req[..n].ends_with(b"\r\n\r\n") {
+                n += s.read(&mut req[n..]).unwrap();
+            }
             s.write_all(format!("{answer}\r\ncontent-length: 0\r\n\r\n").as_bytes())
                 .unwrap();
             String::from_utf8_lossy(&req[..n]).into_owned()
