@@ -1,9 +1,11 @@
-//! The command line: `trackproxy serve`, `trackproxy check-config`.
+//! The command line: `trackproxy serve`, `trackproxy check-config`, `trackproxy doctor`.
 //!
 //! Doc comments here are the `--help` text users read, so they are plain prose.
 #![allow(clippy::doc_markdown)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -29,6 +31,57 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate a configuration (and its certificate files) and exit: 0 if valid, 64 if not.
     CheckConfig(ConfigArg),
+    /// Check each branded host's setup from the outside: DNS, the ownership record,
+    /// certificate, click path, the website's HSTS, CAA and the upstream. Exit 0 when no check
+    /// failed, 1 when one did, 64 on a configuration or usage error.
+    Doctor(Box<DoctorArgs>),
+}
+
+/// Options of `trackproxy doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Configuration to read the hosts, upstreams and [doctor] settings from.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Branded hosts to check (default: every configured host).
+    #[arg(value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Print the report as JSON instead of a checklist.
+    #[arg(long)]
+    pub json: bool,
+    /// Send every DNS lookup to this server (default: the servers in /etc/resolv.conf).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_server: Option<SocketAddr>,
+    /// This proxy's public host name or IP address, which each host's DNS should reach
+    /// (default: doctor.expect from the configuration).
+    #[arg(long, value_name = "NAME_OR_IP")]
+    pub expect: Option<String>,
+    /// Connect to this address for the HTTPS and click-path checks instead of the host's DNS
+    /// addresses (e.g. to test a new server before moving DNS).
+    #[arg(long, value_name = "IP:PORT")]
+    pub connect: Option<SocketAddr>,
+    /// Extra PEM root certificates to trust besides the built-in (Mozilla) roots, e.g. a
+    /// private CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A tracked link from one of your emails (http:// or https://); it is requested over
+    /// https:// without following its redirect (default: /wf/open on each host).
+    #[arg(long, value_name = "URL")]
+    pub link: Option<String>,
+    /// The sender's website whose HSTS header is checked (default: https:// and the
+    /// registrable domain of each host, e.g. https://example.com/).
+    #[arg(long, value_name = "URL")]
+    pub site: Option<String>,
+    /// The ESP's ownership record that must keep pointing at the ESP, e.g. SendGrid's
+    /// 12345.example.com (default: hosts[].owner_record from the configuration).
+    #[arg(long, value_name = "NAME")]
+    pub owner_record: Option<String>,
+    /// The certificate authority that CAA records must allow (default: letsencrypt.org).
+    #[arg(long, value_name = "DOMAIN")]
+    pub ca_domain: Option<String>,
+    /// Time limit for each network step (DNS lookup, connect, TLS handshake, HTTP answer).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// The `--config` option shared by subcommands.

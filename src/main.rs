@@ -4,15 +4,24 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trackproxy::cli::{Cli, Command, ConfigArg, EXIT_CONFIG};
+use trackproxy::cli::{Cli, Command, ConfigArg, DoctorArgs, EXIT_CONFIG};
 use trackproxy::config::{self, Config};
 use trackproxy::server::Listeners;
-use trackproxy::{App, shutdown, telemetry};
+use trackproxy::{App, doctor, shutdown, telemetry};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Doctor(args) => run_doctor(&args),
+    }
+}
+
+fn run_doctor(args: &DoctorArgs) -> ExitCode {
+    telemetry::init_cli();
+    match load(&args.config) {
+        Ok(cfg) => ExitCode::from(doctor::run(args, &cfg)),
+        Err(code) => code,
     }
 }
 
