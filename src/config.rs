@@ -1085,6 +1085,45 @@ mod tests {
     }
 
     #[test]
+    fn doctor_keys() {
+        let cfg = text(
+            r#"
+            [[hosts]]
+            name = "url1.example.com"
+            owner_record = "12345.Example.com."
+            [doctor]
+            expect = "Proxy.Example.net"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.hosts[0].owner_record.as_deref(),
+            Some("12345.example.com")
+        );
+        assert_eq!(
+            cfg.doctor.expect,
+            Some(Expect::Name("proxy.example.net".into()))
+        );
+        let cfg =
+            text("[[hosts]]\nname = \"a.example\"\n[doctor]\nexpect = \"2001:db8::1\"\n").unwrap();
+        assert_eq!(
+            cfg.doctor.expect,
+            Some(Expect::Ip("2001:db8::1".parse().unwrap()))
+        );
+        assert_eq!(cfg.hosts[0].owner_record, None);
+        let err = text(
+            "[[hosts]]\nname = \"a.example\"\nowner_record = \"x y\"\n\
+             [doctor]\nexpect = \"no way\"\nexpct = 1\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["hosts[0].owner_record", "doctor.expect", "doctor.expct"]
+        );
+    }
+
+    #[test]
     fn host_names_are_normalized() {
         assert_eq!(
             normalize_host_name("URL1234.Example.COM.").as_deref(),

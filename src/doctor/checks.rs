@@ -355,9 +355,12 @@ fn describe_certificate(p: &Presented) -> Check {
             .evidence(format!("issuer: {}", l.issuer))
             .evidence(format!("names: {}", l.names.join(", ")))
             .evidence(format!(
-                "valid until {} ({} days left)",
+                "valid until {} ({})",
                 humantime::format_rfc3339_seconds(l.not_after),
-                days_left(l.not_after)
+                match days_left(l.not_after) {
+                    d if d < 0 => format!("expired {} days ago", -d),
+                    d => format!("{d} days left"),
+                }
             ));
     }
     if let Err(e) = &p.verified {
