@@ -1,7 +1,7 @@
 //! The command line: `trackproxy serve`, `trackproxy check-config`, `trackproxy doctor`.
 //!
 //! Doc comments here are the `--help` text users read, so they are plain prose.
-#![allow(clippy::doc_markdown)]
+#![allow(clippy::doc_markdown, rustdoc::bare_urls)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ pub enum Command {
 /// Options of `trackproxy doctor`.
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
-    /// Configuration to read the hosts, upstreams and [doctor] settings from.
+    /// Configuration to read the hosts, upstreams and doctor settings from.
     #[command(flatten)]
     pub config: ConfigArg,
     /// Branded hosts to check (default: every configured host).

@@ -70,6 +70,17 @@ pub enum UsageError {
         /// What is wrong.
         why: &'static str,
     },
+    /// `--link` or `--site` does not parse as a URL.
+    #[error("{flag} {url:?} is not a valid URL")]
+    UrlSyntax {
+        /// Which option.
+        flag: &'static str,
+        /// The value.
+        url: String,
+        /// Why.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
     /// `--link` names a host that is not among those checked.
     #[error("--link names {link_host}, which is not among the hosts checked ({hosts})")]
     LinkHost {
@@ -115,7 +126,11 @@ impl WebUrl {
             url: url.to_owned(),
             why,
         };
-        let uri: Uri = url.trim().parse().map_err(|_| bad("not a valid URL"))?;
+        let uri: Uri = url.trim().parse().map_err(|source| UsageError::UrlSyntax {
+            flag,
+            url: url.to_owned(),
+            source,
+        })?;
         let default_port = match uri.scheme_str() {
             Some(s) if s.eq_ignore_ascii_case("https") => 443,
             Some(s) if s.eq_ignore_ascii_case("http") => 80,

@@ -141,7 +141,6 @@ impl World {
             format!(
                 "[upstream]\nurl = \"https://{ESP}:{upstream_port}\"\n\n\
                  [[hosts]]\nname = \"{HOST}\"\nowner_record = \"{OWNER}\"\n\n\
-                 [tls]\nself_signed = true\n\n\
                  [doctor]\nexpect = \"{PROXY_NAME}\"\n"
             ),
         )

@@ -16,7 +16,7 @@ use super::{Options, Target, WebUrl};
 use crate::config::Expect;
 
 /// A certificate with fewer days left than this gets a warning.
-const RENEW_WARNING_DAYS: i64 = 14;
+const RENEW_WARNING_DAYS: u64 = 14;
 
 /// Runs the checks of `t` in order.
 pub(super) async fn host(opts: &Options, dns: &Dns, t: &Target) -> HostReport {
@@ -268,7 +268,7 @@ fn judge_certificate(host: &str, presented: &Presented) -> Check {
         .as_ref()
         .map(|l| l.names.join(", "))
         .unwrap_or_default();
-    let days = presented.leaf.as_ref().map(|l| days_left(l.not_after));
+    let days = presented.leaf.as_ref().map(|l| remaining(l.not_after));
     let fail = |summary: String, fix: String| {
         Check {
             status: Status::Fail,
@@ -286,7 +286,7 @@ fn judge_certificate(host: &str, presented: &Presented) -> Check {
     let cert_error = match &presented.verified {
         Ok(()) => {
             return match days {
-                Some(d) if d < RENEW_WARNING_DAYS => Check {
+                Some(Remaining::Left(d)) if d < RENEW_WARNING_DAYS => Check {
                     status: Status::Warn,
                     summary: format!("valid certificate, but it expires in {d} days"),
                     ..base
@@ -298,7 +298,10 @@ fn judge_certificate(host: &str, presented: &Presented) -> Check {
                 _ => Check {
                     summary: format!(
                         "valid certificate for {host}{}",
-                        days.map(|d| format!(", {d} days left")).unwrap_or_default()
+                        match days {
+                            Some(Remaining::Left(d)) => format!(", {d} days left"),
+                            _ => String::new(),
+                        }
                     ),
                     ..base
                 },
@@ -311,8 +314,11 @@ fn judge_certificate(host: &str, presented: &Presented) -> Check {
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => fail(
             format!(
                 "the certificate expired{}",
-                days.map(|d| format!(" {} days ago", -d))
-                    .unwrap_or_default()
+                days.and_then(|d| match d {
+                    Remaining::Ago(d) => Some(format!(" {d} days ago")),
+                    Remaining::Left(_) => None,
+                })
+                .unwrap_or_default()
             ),
             format!(
                 "Install a renewed certificate for {host} and reload trackproxy (SIGHUP or \
@@ -357,9 +363,9 @@ fn describe_certificate(p: &Presented) -> Check {
             .evidence(format!(
                 "valid until {} ({})",
                 humantime::format_rfc3339_seconds(l.not_after),
-                match days_left(l.not_after) {
-                    d if d < 0 => format!("expired {} days ago", -d),
-                    d => format!("{d} days left"),
+                match remaining(l.not_after) {
+                    Remaining::Ago(d) => format!("expired {d} days ago"),
+                    Remaining::Left(d) => format!("{d} days left"),
                 }
             ));
     }
@@ -369,13 +375,19 @@ fn describe_certificate(p: &Presented) -> Check {
     c
 }
 
-/// Whole days until `t` (negative once passed).
-fn days_left(t: SystemTime) -> i64 {
-    let secs = match t.duration_since(SystemTime::now()) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    };
-    secs.div_euclid(86_400)
+/// Whole days left until `t`, or whole days since `t` once it has passed (both rounded down,
+/// so a certificate that expired three and a half days ago expired "3 days ago").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Remaining {
+    Left(u64),
+    Ago(u64),
+}
+
+fn remaining(t: SystemTime) -> Remaining {
+    match t.duration_since(SystemTime::now()) {
+        Ok(d) => Remaining::Left(d.as_secs() / 86_400),
+        Err(e) => Remaining::Ago(e.duration().as_secs() / 86_400),
+    }
 }
 
 fn connect_failure(step: Step, host: &str, e: &ProbeError) -> Check {
@@ -832,9 +844,16 @@ mod tests {
     }
 
     #[test]
-    fn days_left_rounds_down_and_goes_negative() {
+    fn remaining_days_round_down_both_ways() {
         let day = std::time::Duration::from_secs(86_400);
-        assert_eq!(days_left(SystemTime::now() + day * 20 + day / 2), 20);
-        assert_eq!(days_left(SystemTime::now() - day / 2), -1);
+        assert_eq!(
+            remaining(SystemTime::now() + day * 20 + day / 2),
+            Remaining::Left(20)
+        );
+        assert_eq!(
+            remaining(SystemTime::now() - day * 3 - day / 2),
+            Remaining::Ago(3)
+        );
+        assert_eq!(remaining(SystemTime::now() - day / 2), Remaining::Ago(0));
     }
 }

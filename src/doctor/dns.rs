@@ -94,7 +94,7 @@ pub enum End {
     NxDomain,
     /// The last name exists but has no A or AAAA record.
     NoAddress,
-    /// The chain is longer than [`MAX_CHAIN`] hops (or loops).
+    /// The chain is longer than 10 hops (or loops).
     TooLong,
 }
 

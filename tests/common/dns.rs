@@ -55,7 +55,13 @@ impl Dnsmasq {
     async fn try_start(records: &[String]) -> Result<Self, Vec<String>> {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = tokio::process::Command::new("dnsmasq");
+        // Debian installs it in /usr/sbin, which is not on every user's PATH.
+        let program = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+            "/usr/sbin/dnsmasq"
+        } else {
+            "dnsmasq"
+        };
+        let mut cmd = tokio::process::Command::new(program);
         cmd.args([
             "--keep-in-foreground",
             "--conf-file=/dev/null",
