@@ -1,7 +1,7 @@
-//! The command line: `trackproxy serve`, `trackproxy check-config`.
+//! The command line: `trackproxy serve`, `trackproxy check-config`, `trackproxy doctor`.
 //!
 //! Doc comments here are the `--help` text users read, so they are plain prose.
-#![allow(clippy::doc_markdown)]
+#![allow(clippy::doc_markdown, rustdoc::bare_urls)]
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -35,6 +35,10 @@ pub enum Command {
     /// Ask the running proxy's admin listener whether it is healthy (for container health
     /// checks): exit 0 on a 2xx answer, 1 otherwise.
     Probe(ProbeArgs),
+    /// Check each branded host's setup from the outside: DNS, the ownership record,
+    /// certificate, click path, the website's HSTS, CAA and the upstream. Exit 0 when no check
+    /// failed, 1 when one did, 64 on a configuration or usage error.
+    Doctor(Box<DoctorArgs>),
 }
 
 /// Options of `trackproxy probe`.
@@ -48,7 +52,54 @@ pub struct ProbeArgs {
     pub path: String,
     /// Give up after this long.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    pub timeout: std::time::Duration,
+    pub timeout: Duration,
+}
+
+/// Options of `trackproxy doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Configuration to read the hosts, upstreams and doctor settings from.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Branded hosts to check (default: every configured host).
+    #[arg(value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Print the report as JSON instead of a checklist.
+    #[arg(long)]
+    pub json: bool,
+    /// Send every DNS lookup to this server (default: the servers in /etc/resolv.conf).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_server: Option<SocketAddr>,
+    /// This proxy's public host name or IP address, which each host's DNS should reach
+    /// (default: doctor.expect from the configuration).
+    #[arg(long, value_name = "NAME_OR_IP")]
+    pub expect: Option<String>,
+    /// Connect to this address for the HTTPS and click-path checks instead of the host's DNS
+    /// addresses (e.g. to test a new server before moving DNS).
+    #[arg(long, value_name = "IP:PORT")]
+    pub connect: Option<SocketAddr>,
+    /// Extra PEM root certificates to trust besides the built-in (Mozilla) roots, e.g. a
+    /// private CA.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A tracked link from one of your emails (http:// or https://); it is requested over
+    /// https:// without following its redirect (default: /wf/open on each host).
+    #[arg(long, value_name = "URL")]
+    pub link: Option<String>,
+    /// The sender's website whose HSTS header is checked (default: https:// and the
+    /// registrable domain of each host, e.g. https://example.com/).
+    #[arg(long, value_name = "URL")]
+    pub site: Option<String>,
+    /// The ESP's ownership record that must keep pointing at the ESP, e.g. SendGrid's
+    /// 12345.example.com (default: hosts[].owner_record from the configuration).
+    #[arg(long, value_name = "NAME")]
+    pub owner_record: Option<String>,
+    /// The certificate authority that CAA records must allow (default: letsencrypt.org).
+    #[arg(long, value_name = "DOMAIN")]
+    pub ca_domain: Option<String>,
+    /// Time limit for each network step (DNS lookup, connect, TLS handshake, HTTP answer).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// The `--config` option shared by subcommands.

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// `trackproxy doctor` settings.
+    pub doctor: DoctorConfig,
 }
 
 /// `[server]`
@@ -138,6 +140,9 @@ pub struct HostConfig {
     pub name: String,
     /// Upstream for this host (the `[upstream] url` unless overridden).
     pub upstream: UpstreamUrl,
+    /// The ESP's ownership record for this host's branding (`SendGrid`'s numeric CNAME, e.g.
+    /// `12345.example.com`), lower case; checked by `trackproxy doctor`.
+    pub owner_record: Option<String>,
 }
 
 /// `[tls]`
@@ -176,6 +181,43 @@ pub struct LogConfig {
     pub level: String,
     /// Whether access logs include query strings (tracking tokens identify recipients).
     pub query: bool,
+}
+
+/// `[doctor]`: settings of `trackproxy doctor`.
+#[derive(Debug, Clone, Default)]
+pub struct DoctorConfig {
+    /// This proxy's public name or address: each branded host's DNS should reach it.
+    pub expect: Option<Expect>,
+}
+
+/// Where a branded host's DNS should lead: a name in its CNAME chain, or an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// A DNS name (lower case, no trailing dot), e.g. `proxy.example.net`.
+    Name(String),
+    /// An IPv4 or IPv6 address.
+    Ip(IpAddr),
+}
+
+impl Expect {
+    /// Parses a name or an IP address; `None` if it is neither.
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Expect> {
+        let s = s.trim();
+        if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse() {
+            return Some(Expect::Ip(ip));
+        }
+        normalize_host_name(s).map(Expect::Name)
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Name(n) => f.write_str(n),
+            Expect::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
 }
 
 /// Log output format.
@@ -473,9 +515,12 @@ impl Reader {
         let tls = self.tls(&mut root);
         let admin = self.admin(&mut root);
         let log = self.log(&mut root);
+        let doctor = self.doctor(&mut root);
         self.finish(
             root,
-            &["server", "upstream", "hosts", "tls", "admin", "log"],
+            &[
+                "server", "upstream", "hosts", "tls", "admin", "log", "doctor",
+            ],
         );
         if hosts.is_empty() {
             self.problems.push(Problem {
@@ -492,6 +537,7 @@ impl Reader {
             tls,
             admin,
             log,
+            doctor,
         }
     }
 
@@ -634,6 +680,7 @@ impl Reader {
             let upstream = self
                 .get(&mut t, "upstream", upstream_url)
                 .unwrap_or_else(|| default.clone());
+            let owner_record = self.get(&mut t, "owner_record", host_name);
             match name {
                 Some(name) if !seen.insert(name.clone()) => {
                     self.problem(
@@ -642,13 +689,17 @@ impl Reader {
                         format!("host {name:?} is listed twice"),
                     );
                 }
-                Some(name) => hosts.push(HostConfig { name, upstream }),
+                Some(name) => hosts.push(HostConfig {
+                    name,
+                    upstream,
+                    owner_record,
+                }),
                 None if raw_name.is_none() => {
                     self.problem(None, &name_key, "required: the branded host name");
                 }
                 None => {}
             }
-            self.finish(t, &["name", "upstream"]);
+            self.finish(t, &["name", "upstream", "owner_record"]);
         }
         hosts
     }
@@ -717,6 +768,20 @@ impl Reader {
         };
         self.finish(t, &["format", "level", "query"]);
         l
+    }
+
+    fn doctor(&mut self, root: &mut Table) -> DoctorConfig {
+        let mut t = self.table(root, "doctor");
+        let d = DoctorConfig {
+            expect: self.get(&mut t, "expect", |v| {
+                let s = string(v)?;
+                Expect::parse(&s).ok_or_else(|| {
+                    format!("expected this proxy's public host name or IP address, found {s:?}")
+                })
+            }),
+        };
+        self.finish(t, &["expect"]);
+        d
     }
 }
 
@@ -1017,6 +1082,45 @@ mod tests {
         assert!(ok("https://sendgrid.net/x").is_err());
         assert!(ok("sendgrid.net").is_err());
         assert!(ok("https://u:p@sendgrid.net").is_err());
+    }
+
+    #[test]
+    fn doctor_keys() {
+        let cfg = text(
+            r#"
+            [[hosts]]
+            name = "url1.example.com"
+            owner_record = "12345.Example.com."
+            [doctor]
+            expect = "Proxy.Example.net"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.hosts[0].owner_record.as_deref(),
+            Some("12345.example.com")
+        );
+        assert_eq!(
+            cfg.doctor.expect,
+            Some(Expect::Name("proxy.example.net".into()))
+        );
+        let cfg =
+            text("[[hosts]]\nname = \"a.example\"\n[doctor]\nexpect = \"2001:db8::1\"\n").unwrap();
+        assert_eq!(
+            cfg.doctor.expect,
+            Some(Expect::Ip("2001:db8::1".parse().unwrap()))
+        );
+        assert_eq!(cfg.hosts[0].owner_record, None);
+        let err = text(
+            "[[hosts]]\nname = \"a.example\"\nowner_record = \"x y\"\n\
+             [doctor]\nexpect = \"no way\"\nexpct = 1\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["hosts[0].owner_record", "doctor.expect", "doctor.expct"]
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`middleware`]: the tower stack, ordered in one place.
 //! - [`proxy`]: routing by host and the forwarder to the upstream.
 //! - [`error`]: request errors and their statuses.
+//! - [`doctor`]: `trackproxy doctor`, the setup checks (DNS, certificate, click path, HSTS, CAA).
 //! - [`shutdown`]: signals; [`telemetry`]: logging; [`cli`]: the command line.
 //!
 //! [`run`] takes already-bound listeners (so tests can bind `127.0.0.1:0`) and a shutdown
@@ -20,6 +21,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod error;
 pub mod middleware;
 pub mod proxy;

@@ -4,16 +4,17 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trackproxy::cli::{self, Cli, Command, ConfigArg, EXIT_CONFIG, ProbeArgs};
+use trackproxy::cli::{self, Cli, Command, ConfigArg, DoctorArgs, EXIT_CONFIG, ProbeArgs};
 use trackproxy::config::{self, Config};
 use trackproxy::server::Listeners;
-use trackproxy::{App, shutdown, telemetry};
+use trackproxy::{App, doctor, shutdown, telemetry};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig(args) => check_config(&args),
         Command::Probe(args) => probe(&args),
+        Command::Doctor(args) => run_doctor(&args),
     }
 }
 
@@ -35,6 +36,14 @@ fn probe(args: &ProbeArgs) -> ExitCode {
             eprintln!("trackproxy: {}{}: {e}", cfg.admin.listen, args.path);
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run_doctor(args: &DoctorArgs) -> ExitCode {
+    telemetry::init_cli();
+    match load(&args.config) {
+        Ok(cfg) => ExitCode::from(doctor::run(args, &cfg)),
+        Err(code) => code,
     }
 }
 

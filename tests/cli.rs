@@ -42,7 +42,7 @@ fn version_and_help() {
     );
     let (code, out, _) = trackproxy(&["--help"]);
     assert_eq!(code, 0);
-    for sub in ["serve", "check-config"] {
+    for sub in ["serve", "check-config", "doctor"] {
         assert!(out.contains(sub), "{out}");
     }
 }

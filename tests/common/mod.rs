@@ -6,7 +6,9 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::pedantic)]
 
+pub mod dns;
 pub mod haproxy;
+pub mod website;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -192,7 +194,13 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start(ca: &TestCa) -> Self {
-        let (cert, key) = ca.issue(&["localhost"], KeyAlg::EcdsaP256);
+        Self::start_with_names(ca, &["localhost"]).await
+    }
+
+    /// Like [`Upstream::start`], with a certificate for `names` (e.g. `localhost` plus a
+    /// name that a test DNS server resolves to 127.0.0.1).
+    pub async fn start_with_names(ca: &TestCa, names: &[&str]) -> Self {
+        let (cert, key) = ca.issue(names, KeyAlg::EcdsaP256);
         let certs: Vec<CertificateDer<'static>> =
             rustls::pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes())
                 .collect::<Result<_, _>>()

@@ -1,0 +1,387 @@
+//! `trackproxy doctor`: the checks people do by hand after setting up SSL click tracking,
+//! done by the tool, with a verdict and a one-sentence fix for each.
+//!
+//! For every branded host (the configured ones, or those given on the command line):
+//!
+//! 1. **DNS** — the CNAME chain and A/AAAA: ✗ when it still points at the ESP (`sendgrid.net`)
+//!    or does not resolve, ! when it does not reach this proxy (`--expect`, `doctor.expect`).
+//! 2. **owner record** — the ESP's ownership record (`SendGrid`'s numeric `12345.example.com`)
+//!    must keep pointing at the ESP: ! when it was moved too or is gone.
+//! 3. **HTTPS** — TLS handshake with SNI (via DNS, or `--connect`): issuer, names, validity
+//!    against the Mozilla roots (plus `--ca-file`), days left; ✗ on mismatch, expiry or an
+//!    untrusted issuer, ! under 14 days.
+//! 4. **click path** — `GET /wf/open` (or the `--link`, upgraded to `https://`) through the
+//!    proxy, redirect not followed: ✓ on the ESP's 2xx/3xx, ✗ on 421/5xx.
+//! 5. **HSTS** — the sender's website (`https://` + the registrable domain, or `--site`):
+//!    with `includeSubDomains`, browsers force `https://` on the tracking host too.
+//! 6. **CAA** — the record set governing the host (climbing to the registrable domain): ✗ when
+//!    it does not allow the CA (`--ca-domain`, default `letsencrypt.org`).
+//! 7. **upstream** — TLS and an HTTP answer from the host's upstream, from this machine.
+//!
+//! Every network step runs under `--timeout` (default 5 s), so no check can hang. The exit
+//! code is 0 when no check failed, 1 when one did, 64 on a usage or configuration error.
+//!
+//! - [`dns`]: resolver, CNAME chains, CAA.
+//! - [`probe`]: TCP, TLS and HTTP probes.
+//! - [`report`]: the checklist and its JSON form.
+
+mod checks;
+pub mod dns;
+pub mod probe;
+pub mod report;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+
+use crate::cli::{DoctorArgs, EXIT_CONFIG};
+use crate::config::{self, Config, Expect, UpstreamUrl};
+use probe::{Prober, RootsError};
+use report::Report;
+
+/// Default of `--ca-domain`: Let's Encrypt's CAA identifier.
+pub const DEFAULT_CA_DOMAIN: &str = "letsencrypt.org";
+
+/// A command-line value the doctor cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// A `HOST` argument is not a host name.
+    #[error("{0:?} is not a host name")]
+    Host(String),
+    /// `--expect` is neither a name nor an address.
+    #[error("--expect {0:?} is neither a host name nor an IP address")]
+    Expect(String),
+    /// `--owner-record` is not a host name.
+    #[error("--owner-record {0:?} is not a host name")]
+    OwnerRecord(String),
+    /// `--ca-domain` is not a domain name.
+    #[error("--ca-domain {0:?} is not a domain name such as letsencrypt.org")]
+    CaDomain(String),
+    /// `--link` or `--site` is not a usable URL.
+    #[error("{flag} {url:?}: {why}")]
+    Url {
+        /// Which option.
+        flag: &'static str,
+        /// The value.
+        url: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// `--link` or `--site` does not parse as a URL.
+    #[error("{flag} {url:?} is not a valid URL")]
+    UrlSyntax {
+        /// Which option.
+        flag: &'static str,
+        /// The value.
+        url: String,
+        /// Why.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    /// `--link` names a host that is not among those checked.
+    #[error("--link names {link_host}, which is not among the hosts checked ({hosts})")]
+    LinkHost {
+        /// The link's host.
+        link_host: String,
+        /// The hosts checked.
+        hosts: String,
+    },
+    /// A CA file is unusable.
+    #[error(transparent)]
+    Roots(#[from] RootsError),
+}
+
+/// One branded host to check.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The branded host, lower case.
+    pub name: String,
+    /// Its upstream (from its `[[hosts]]` entry, or `[upstream] url`).
+    pub upstream: UpstreamUrl,
+    /// The ESP's ownership record for it, if known.
+    pub owner_record: Option<String>,
+}
+
+/// A URL split into what the probes need.
+#[derive(Debug, Clone)]
+pub struct WebUrl {
+    /// Host name or IP literal (no brackets), lower case.
+    pub host: String,
+    /// Port (default for the scheme when absent).
+    pub port: u16,
+    /// `Host` header value (the URL's authority).
+    pub authority: String,
+    /// Path and query, byte for byte (at least `/`).
+    pub target: String,
+}
+
+impl WebUrl {
+    /// Parses an `http://` or `https://` URL.
+    fn parse(flag: &'static str, url: &str) -> Result<WebUrl, UsageError> {
+        let bad = |why| UsageError::Url {
+            flag,
+            url: url.to_owned(),
+            why,
+        };
+        let uri: Uri = url.trim().parse().map_err(|source| UsageError::UrlSyntax {
+            flag,
+            url: url.to_owned(),
+            source,
+        })?;
+        let default_port = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => 443,
+            Some(s) if s.eq_ignore_ascii_case("http") => 80,
+            _ => return Err(bad("must start with https:// or http://")),
+        };
+        let authority = uri.authority().ok_or_else(|| bad("has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("must not contain credentials"));
+        }
+        Ok(WebUrl {
+            host: authority
+                .host()
+                .trim_matches(['[', ']'])
+                .to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(default_port),
+            authority: authority.as_str().to_ascii_lowercase(),
+            target: uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        })
+    }
+}
+
+/// Everything the checks need, validated.
+#[derive(Debug)]
+pub struct Options {
+    /// Hosts to check, in order.
+    pub targets: Vec<Target>,
+    /// Print JSON.
+    pub json: bool,
+    /// DNS server for every lookup.
+    pub dns_server: Option<SocketAddr>,
+    /// Where each host's DNS should lead.
+    pub expect: Option<Expect>,
+    /// Fixed address for the HTTPS and click checks.
+    pub connect: Option<SocketAddr>,
+    /// The tracked link's path and query (its host is one of the targets).
+    pub link: Option<WebUrl>,
+    /// The sender's website, when given.
+    pub site: Option<WebUrl>,
+    /// The CA that CAA must allow.
+    pub ca_domain: String,
+    /// Limit per network step.
+    pub timeout: Duration,
+    /// Verifies the branded hosts and the website (Mozilla roots + `--ca-file`).
+    pub prober: Prober,
+    /// Verifies the upstreams (Mozilla roots + `upstream.ca_file` + `--ca-file`), like the
+    /// proxy does.
+    pub upstream_prober: Prober,
+}
+
+impl Options {
+    /// Validates `args` against `cfg`.
+    ///
+    /// # Errors
+    /// The first unusable value.
+    pub fn new(args: &DoctorArgs, cfg: &Config) -> Result<Options, UsageError> {
+        let link = args
+            .link
+            .as_deref()
+            .map(|l| WebUrl::parse("--link", l))
+            .transpose()?;
+        let site = args
+            .site
+            .as_deref()
+            .map(|s| WebUrl::parse("--site", s))
+            .transpose()?;
+        let owner_flag = args
+            .owner_record
+            .as_deref()
+            .map(|o| {
+                config::normalize_host_name(o).ok_or_else(|| UsageError::OwnerRecord(o.to_owned()))
+            })
+            .transpose()?;
+        let mut targets = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        for h in &args.hosts {
+            names.push(config::normalize_host_name(h).ok_or_else(|| UsageError::Host(h.clone()))?);
+        }
+        if names.is_empty() {
+            // A link alone says which host to check.
+            names = match &link {
+                Some(l) => vec![l.host.clone()],
+                None => cfg.hosts.iter().map(|h| h.name.clone()).collect(),
+            };
+        }
+        for name in names {
+            let configured = cfg.hosts.iter().find(|h| h.name == name);
+            targets.push(Target {
+                upstream: configured
+                    .map_or_else(|| cfg.upstream.url.clone(), |h| h.upstream.clone()),
+                owner_record: owner_flag
+                    .clone()
+                    .or_else(|| configured.and_then(|h| h.owner_record.clone())),
+                name,
+            });
+        }
+        if let Some(l) = &link
+            && !targets.iter().any(|t| t.name == l.host)
+        {
+            return Err(UsageError::LinkHost {
+                link_host: l.host.clone(),
+                hosts: targets
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let expect = match &args.expect {
+            Some(e) => Some(Expect::parse(e).ok_or_else(|| UsageError::Expect(e.clone()))?),
+            None => cfg.doctor.expect.clone(),
+        };
+        let ca_domain = ca_domain(cfg, args.ca_domain.as_deref())?;
+        let extra: Vec<&Path> = args.ca_file.as_deref().into_iter().collect();
+        let mut upstream_extra: Vec<&Path> = cfg.upstream.ca_file.as_deref().into_iter().collect();
+        upstream_extra.extend(&extra);
+        Ok(Options {
+            targets,
+            json: args.json,
+            dns_server: args.dns_server,
+            expect,
+            connect: args.connect,
+            link,
+            site,
+            ca_domain,
+            timeout: args.timeout,
+            prober: Prober::new(probe::roots(&extra)?, args.timeout)?,
+            upstream_prober: Prober::new(probe::roots(&upstream_extra)?, args.timeout)?,
+        })
+    }
+}
+
+/// The CA whose issuance CAA records must allow: `--ca-domain` when given, else the CA of the
+/// configuration's ACME directory when it is a known one, else [`DEFAULT_CA_DOMAIN`].
+///
+/// # Errors
+/// When the flag is not a domain name.
+pub fn ca_domain(cfg: &Config, flag: Option<&str>) -> Result<String, UsageError> {
+    if let Some(f) = flag {
+        return config::normalize_host_name(f).ok_or_else(|| UsageError::CaDomain(f.to_owned()));
+    }
+    // The ACME section is not part of the configuration yet; once it is, map
+    // `tls.acme.directory` here with `ca_domain_for_directory`.
+    let _ = cfg;
+    Ok(DEFAULT_CA_DOMAIN.to_owned())
+}
+
+/// The CAA issuer domain of a well-known ACME directory URL, e.g.
+/// `https://acme-v02.api.letsencrypt.org/directory` → `letsencrypt.org`.
+#[must_use]
+pub fn ca_domain_for_directory(directory: &str) -> Option<&'static str> {
+    let uri: Uri = directory.parse().ok()?;
+    let host = uri.host()?.to_ascii_lowercase();
+    let under = |d: &str| host == d || host.ends_with(&format!(".{d}"));
+    [
+        ("letsencrypt.org", "letsencrypt.org"),
+        ("zerossl.com", "sectigo.com"),
+        ("pki.goog", "pki.goog"),
+        ("buypass.com", "buypass.com"),
+        ("ssl.com", "ssl.com"),
+        ("digicert.com", "digicert.com"),
+    ]
+    .into_iter()
+    .find(|(d, _)| under(d))
+    .map(|(_, ca)| ca)
+}
+
+/// Runs `trackproxy doctor`: prints the report and returns the exit code (0: nothing failed,
+/// 1: something failed or the checks could not run, 64: usage or configuration error).
+#[must_use]
+pub fn run(args: &DoctorArgs, cfg: &Config) -> u8 {
+    let opts = match Options::new(args, cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("trackproxy doctor: {}", probe::chain(&e));
+            return EXIT_CONFIG;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trackproxy doctor: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let report = match runtime.block_on(check_all(&opts)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trackproxy doctor: {}", probe::chain(&e));
+            return 1;
+        }
+    };
+    let text = if opts.json {
+        report.to_json() + "\n"
+    } else {
+        report.to_text()
+    };
+    // A closed pipe (`trackproxy doctor | head`) is not worth a panic.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    u8::from(!report.ok)
+}
+
+/// Runs every check for every target, one host after the other.
+///
+/// # Errors
+/// When the DNS resolver cannot be set up.
+pub async fn check_all(opts: &Options) -> Result<Report, dns::SetupError> {
+    let dns = dns::Dns::new(opts.dns_server, opts.timeout)?;
+    let mut hosts = Vec::new();
+    for t in &opts.targets {
+        hosts.push(checks::host(opts, &dns, t).await);
+    }
+    Ok(Report::new(hosts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acme_directories_map_to_caa_domains() {
+        assert_eq!(
+            ca_domain_for_directory("https://acme-v02.api.letsencrypt.org/directory"),
+            Some("letsencrypt.org")
+        );
+        assert_eq!(
+            ca_domain_for_directory("https://acme-staging-v02.api.letsencrypt.org/directory"),
+            Some("letsencrypt.org")
+        );
+        assert_eq!(
+            ca_domain_for_directory("https://acme.zerossl.com/v2/DV90"),
+            Some("sectigo.com")
+        );
+        assert_eq!(ca_domain_for_directory("https://127.0.0.1:14000/dir"), None);
+    }
+
+    #[test]
+    fn urls_keep_their_target_byte_for_byte() {
+        let u = WebUrl::parse("--link", "http://URL1.example.com/ls/click?upn=a%2Fb_c-").unwrap();
+        assert_eq!(u.host, "url1.example.com");
+        assert_eq!(u.port, 80);
+        assert_eq!(u.target, "/ls/click?upn=a%2Fb_c-");
+        let u = WebUrl::parse("--site", "https://example.com:8443").unwrap();
+        assert_eq!((u.port, u.target.as_str()), (8443, "/"));
+        assert_eq!(u.authority, "example.com:8443");
+        assert!(WebUrl::parse("--site", "ftp://example.com/").is_err());
+        assert!(WebUrl::parse("--site", "example.com").is_err());
+    }
+}
