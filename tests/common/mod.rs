@@ -348,6 +348,7 @@ async fn upstream_response(target: &str, body_len: u64) -> Response<Full<Bytes>>
 pub struct Proxy {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), trackproxy::Error>>>,
 }
@@ -359,6 +360,11 @@ impl Proxy {
     }
 
     pub async fn try_start(toml: &str) -> Result<Self, trackproxy::config::Errors> {
+        Ok(Self::start_app(Self::build(toml)?).await)
+    }
+
+    /// Builds the app `toml` describes without serving it (to reach into it before start).
+    pub fn build(toml: &str) -> Result<trackproxy::App, trackproxy::config::Errors> {
         let cfg = trackproxy::config::load_with_env(
             &trackproxy::config::Source::Text {
                 label: "test.toml",
@@ -366,23 +372,30 @@ impl Proxy {
             },
             Some(Default::default()),
         )?;
-        let app = trackproxy::App::build(&cfg)?;
+        trackproxy::App::build(&cfg)
+    }
+
+    /// Serves a built app on ephemeral loopback ports.
+    pub async fn start_app(app: trackproxy::App) -> Self {
         let listeners = trackproxy::server::Listeners {
             https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let https = listeners.https.local_addr().unwrap();
         let http = listeners.http.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(trackproxy::serve(app, listeners, async {
             let _ = rx.await;
         }));
-        Ok(Proxy {
+        Proxy {
             https,
             http,
+            admin,
             shutdown: Some(tx),
             task: Some(task),
-        })
+        }
     }
 
     /// Sends the shutdown signal (like SIGTERM).
