@@ -306,7 +306,11 @@ mod tests {
         let (status, body) = get(&s, "/readyz").await;
         assert_eq!(status, 503);
         assert!(body.contains("\"draining\""), "{body}");
-        assert_eq!(get(&s, "/healthz").await.0, 200, "still alive while draining");
+        assert_eq!(
+            get(&s, "/healthz").await.0,
+            200,
+            "still alive while draining"
+        );
     }
 
     #[tokio::test]
@@ -316,7 +320,10 @@ mod tests {
         assert_eq!(res.headers()[header::CONTENT_TYPE], PROMETHEUS_TEXT);
         let (status, body) = get(&s, "/metrics").await;
         assert_eq!(status, 200);
-        assert!(body.contains("# TYPE trackproxy_tls_handshakes_total counter"), "{body}");
+        assert!(
+            body.contains("# TYPE trackproxy_tls_handshakes_total counter"),
+            "{body}"
+        );
         assert_eq!(get(&s, "/nope").await.0, 404);
         let res = s.handle(&Request::post("/readyz").body(()).unwrap());
         assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);

@@ -226,37 +226,7 @@ pub async fn serve(
     });
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let addr = |l: &tokio::net::TcpListener| {
-        l.local_addr()
-            .map_or_else(|e| e.to_string(), |a| a.to_string())
-    };
-    info!(
-        https = %addr(&listeners.https),
-        http = %addr(&listeners.http),
-        admin = %addr(&listeners.admin),
-        hosts = cfg.hosts.len(),
-        "trackproxy listening"
-    );
-    tracker.spawn(server::accept_loop(
-        listeners.https,
-        Kind::Https,
-        server.clone(),
-        token.clone(),
-        tracker.clone(),
-    ));
-    tracker.spawn(server::accept_loop(
-        listeners.http,
-        Kind::Http,
-        server.clone(),
-        token.clone(),
-        tracker.clone(),
-    ));
-    tracker.spawn(admin::serve(
-        listeners.admin,
-        admin,
-        token.clone(),
-        tracker.clone(),
-    ));
+    spawn_listeners(listeners, &server, admin, &token, &tracker, cfg.hosts.len());
     tracker.spawn(maintenance(state, token.clone()));
     health.set_listening();
 
@@ -283,6 +253,43 @@ pub async fn serve(
         info!("all connections closed");
     }
     Ok(())
+}
+
+/// Logs the bound addresses and starts the accept loops of the proxy and admin listeners.
+fn spawn_listeners(
+    listeners: Listeners,
+    server: &Arc<Server>,
+    admin: Arc<AdminState>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+    hosts: usize,
+) {
+    let addr = |l: &tokio::net::TcpListener| {
+        l.local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string())
+    };
+    info!(
+        https = %addr(&listeners.https),
+        http = %addr(&listeners.http),
+        admin = %addr(&listeners.admin),
+        hosts,
+        "trackproxy listening"
+    );
+    for (listener, kind) in [(listeners.https, Kind::Https), (listeners.http, Kind::Http)] {
+        tracker.spawn(server::accept_loop(
+            listener,
+            kind,
+            server.clone(),
+            token.clone(),
+            tracker.clone(),
+        ));
+    }
+    tracker.spawn(admin::serve(
+        listeners.admin,
+        admin,
+        token.clone(),
+        tracker.clone(),
+    ));
 }
 
 /// Every [`MAINTENANCE_INTERVAL`]: forget rate-limit state of clients whose bucket is full

@@ -10,6 +10,7 @@
 
 pub mod metrics;
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
@@ -45,6 +46,8 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
     let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only for a person at a terminal, never into a log file or journal.
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(writer);
     let installed = match cfg.format {
         LogFormat::Json => builder

@@ -446,11 +446,17 @@ mod tests {
             .layer(AccessLogLayer::new(metrics.clone(), false))
             .service_fn(stub);
         let res = svc
-            .oneshot(request("/ls/click?upn=secret-token", Some("Mozilla/5.0 (X)")))
+            .oneshot(request(
+                "/ls/click?upn=secret-token",
+                Some("Mozilla/5.0 (X)"),
+            ))
             .await
             .unwrap();
         let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
-        assert!(out.lines().is_empty(), "nothing logged before the body is done");
+        assert!(
+            out.lines().is_empty(),
+            "nothing logged before the body is done"
+        );
         // Counted when the head is ready.
         let text = metrics.render(&Snapshot::default());
         assert!(
@@ -485,7 +491,9 @@ mod tests {
         metrics.upkeep();
         let text = metrics.render(&Snapshot::default());
         assert!(
-            text.contains(r#"trackproxy_upstream_duration_seconds_count{host="url1.example.com"} 1"#),
+            text.contains(
+                r#"trackproxy_upstream_duration_seconds_count{host="url1.example.com"} 1"#
+            ),
             "{text}"
         );
     }
@@ -495,7 +503,10 @@ mod tests {
         let out = Captured::default();
         let _guard = tracing::subscriber::set_default(subscriber(&out));
         let svc = ServiceBuilder::new()
-            .layer(AccessLogLayer::new(Metrics::new(["url1.example.com"]), true))
+            .layer(AccessLogLayer::new(
+                Metrics::new(["url1.example.com"]),
+                true,
+            ))
             .service_fn(|_req: Request<()>| async {
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
             });

@@ -36,13 +36,14 @@ use crate::server::ConnInfo;
 pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                IpAddr::V4(v4)
+            } else {
                 let prefix = u128::from(v6) & !((1u128 << 64) - 1);
                 IpAddr::V6(Ipv6Addr::from(prefix))
             }
-        },
+        }
     }
 }
 
@@ -57,12 +58,8 @@ pub fn is_allowed(allow: &[IpNet], ip: IpAddr) -> bool {
     allow.iter().any(|n| n.contains(&ip))
 }
 
-type KeyedLimiter<C> = RateLimiter<
-    IpAddr,
-    DashMapStateStore<IpAddr>,
-    C,
-    NoOpMiddleware<<C as Clock>::Instant>,
->;
+type KeyedLimiter<C> =
+    RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// The token buckets of all clients. Shared (`Arc`) by every connection.
 pub struct ClientLimiter<C: Clock = DefaultClock> {
@@ -341,7 +338,13 @@ mod tests {
         assert_eq!(client_key(ip("192.0.2.1")), ip("192.0.2.1"));
         assert_eq!(client_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
         assert_eq!(client_key(ip("2001:db8:a:b:c:d:e:f")), ip("2001:db8:a:b::"));
-        assert!(is_allowed(&["192.0.2.0/24".parse().unwrap()], ip("::ffff:192.0.2.9")));
-        assert!(!is_allowed(&["192.0.2.0/24".parse().unwrap()], ip("192.0.3.1")));
+        assert!(is_allowed(
+            &["192.0.2.0/24".parse().unwrap()],
+            ip("::ffff:192.0.2.9")
+        ));
+        assert!(!is_allowed(
+            &["192.0.2.0/24".parse().unwrap()],
+            ip("192.0.3.1")
+        ));
     }
 }

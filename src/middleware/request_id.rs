@@ -59,7 +59,11 @@ impl IdGenerator {
     #[must_use]
     pub fn new() -> Self {
         let mut seed = [0u8; 16];
-        if crate::tls::provider().secure_random.fill(&mut seed).is_err() {
+        if crate::tls::provider()
+            .secure_random
+            .fill(&mut seed)
+            .is_err()
+        {
             // Not fatal: ids only need to be unique, and the counter keeps them so within this
             // process; mix in the time and pid so two processes still differ.
             let t = std::time::SystemTime::now()
@@ -76,6 +80,9 @@ impl IdGenerator {
     }
 
     /// The next id.
+    ///
+    /// # Panics
+    /// Never: hex digits are always a valid header value.
     pub fn next_id(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
@@ -283,6 +290,9 @@ mod tests {
         assert!(ids.iter().all(is_sane));
         // Two generators (two processes) start from different prefixes.
         let other = IdGenerator::new();
-        assert_ne!(g.next_id().as_bytes()[..16], other.next_id().as_bytes()[..16]);
+        assert_ne!(
+            g.next_id().as_bytes()[..16],
+            other.next_id().as_bytes()[..16]
+        );
     }
 }

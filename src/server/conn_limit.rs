@@ -101,7 +101,10 @@ impl ConnLimits {
     /// Clients with at least one limited connection open.
     #[must_use]
     pub fn clients(&self) -> usize {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -166,7 +169,12 @@ mod tests {
         assert_eq!(l.clients(), 1000);
         drop(permits);
         assert_eq!(l.clients(), 0);
-        assert!(limits(0, 1, &[]).try_client(ip("192.0.2.1")).unwrap().is_none());
+        assert!(
+            limits(0, 1, &[])
+                .try_client(ip("192.0.2.1"))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Prometheus metrics, through the [`metrics`](::metrics) facade and
+//! Prometheus metrics, through the `metrics` facade and
 //! `metrics-exporter-prometheus`.
 //!
 //! Every [`crate::App`] owns its own recorder ([`Metrics`]), rather than installing one global
@@ -23,7 +23,9 @@ use ::metrics::{
     gauge, histogram, with_local_recorder,
 };
 use http::{Method, StatusCode};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 use crate::error::ProxyError;
 
@@ -200,7 +202,8 @@ struct Fixed {
 impl Fixed {
     /// Registers the handles; call inside `with_local_recorder`.
     fn register() -> Self {
-        let failure = |f: HandshakeFailure| counter!(TLS_HANDSHAKE_FAILURES, "reason" => f.as_str());
+        let failure =
+            |f: HandshakeFailure| counter!(TLS_HANDSHAKE_FAILURES, "reason" => f.as_str());
         let upstream_error = |kind: &'static str| counter!(UPSTREAM_ERRORS, "kind" => kind);
         Fixed {
             tls_full: counter!(TLS_HANDSHAKES, "kind" => "full"),
@@ -240,6 +243,9 @@ pub struct HostHandle {
 
 impl Metrics {
     /// A fresh recorder for a proxy serving `hosts` (lower case).
+    ///
+    /// # Panics
+    /// Never: the histogram bucket lists are non-empty constants.
     #[must_use]
     pub fn new<'a>(hosts: impl IntoIterator<Item = &'a str>) -> Self {
         let recorder = PrometheusBuilder::new()
@@ -409,7 +415,10 @@ impl HostHandle {
         match slot.get() {
             Some(h) => h.record(d),
             None => self
-                .register(slot, |host| histogram!(REQUEST_DURATION, "host" => host.to_owned()))
+                .register(
+                    slot,
+                    |host| histogram!(REQUEST_DURATION, "host" => host.to_owned()),
+                )
                 .record(d),
         }
     }
@@ -420,14 +429,20 @@ impl HostHandle {
         match slot.get() {
             Some(h) => h.record(d),
             None => self
-                .register(slot, |host| histogram!(UPSTREAM_DURATION, "host" => host.to_owned()))
+                .register(
+                    slot,
+                    |host| histogram!(UPSTREAM_DURATION, "host" => host.to_owned()),
+                )
                 .record(d),
         }
     }
 }
 
 fn describe() {
-    describe_counter!(REQUESTS, "Responses sent, by host, method and status class.");
+    describe_counter!(
+        REQUESTS,
+        "Responses sent, by host, method and status class."
+    );
     describe_histogram!(
         REQUEST_DURATION,
         ::metrics::Unit::Seconds,
@@ -450,7 +465,10 @@ fn describe() {
     );
     describe_counter!(TLS_HANDSHAKES, "Completed TLS handshakes, full or resumed.");
     describe_counter!(TLS_HANDSHAKE_FAILURES, "Failed TLS handshakes, by reason.");
-    describe_counter!(RATE_LIMITED, "Requests answered 429 by the per-client rate limit.");
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests answered 429 by the per-client rate limit."
+    );
     describe_gauge!(RATE_LIMIT_CLIENTS, "Clients the rate limiter remembers.");
     describe_counter!(
         SHED,
@@ -506,11 +524,17 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(
-            sample(&tb, r#"trackproxy_requests_total{host="a.example",method="GET",status="3xx"}"#),
+            sample(
+                &tb,
+                r#"trackproxy_requests_total{host="a.example",method="GET",status="3xx"}"#
+            ),
             None
         );
         assert_eq!(
-            sample(&tb, r#"trackproxy_requests_total{host="a.example",method="GET",status="2xx"}"#),
+            sample(
+                &tb,
+                r#"trackproxy_requests_total{host="a.example",method="GET",status="2xx"}"#
+            ),
             Some(1.0)
         );
     }
@@ -531,23 +555,41 @@ mod tests {
             rate_limit_clients: 5,
             log_lines_dropped: 0,
         });
-        assert_eq!(sample(&t, r#"trackproxy_tls_handshakes_total{kind="full"}"#), Some(1.0));
-        assert_eq!(sample(&t, r#"trackproxy_tls_handshakes_total{kind="resumed"}"#), Some(0.0));
         assert_eq!(
-            sample(&t, r#"trackproxy_tls_handshake_failures_total{reason="unknown_sni"}"#),
+            sample(&t, r#"trackproxy_tls_handshakes_total{kind="full"}"#),
             Some(1.0)
         );
         assert_eq!(
-            sample(&t, r#"trackproxy_tls_handshake_failures_total{reason="no_sni"}"#),
+            sample(&t, r#"trackproxy_tls_handshakes_total{kind="resumed"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"trackproxy_tls_handshake_failures_total{reason="unknown_sni"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &t,
+                r#"trackproxy_tls_handshake_failures_total{reason="no_sni"}"#
+            ),
             Some(0.0)
         );
         assert_eq!(sample(&t, "trackproxy_requests_shed_total "), Some(1.0));
         assert_eq!(sample(&t, "trackproxy_rate_limited_total "), Some(1.0));
         assert_eq!(sample(&t, "trackproxy_open_connections "), Some(7.0));
         assert_eq!(sample(&t, "trackproxy_in_flight_requests "), Some(3.0));
-        assert_eq!(sample(&t, "trackproxy_upstream_connections_opened_total "), Some(11.0));
+        assert_eq!(
+            sample(&t, "trackproxy_upstream_connections_opened_total "),
+            Some(11.0)
+        );
         assert_eq!(sample(&t, "trackproxy_rate_limit_clients "), Some(5.0));
-        assert!(t.contains("# TYPE trackproxy_requests_shed_total counter"), "{t}");
+        assert!(
+            t.contains("# TYPE trackproxy_requests_shed_total counter"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -558,7 +600,10 @@ mod tests {
         h.upstream_duration(Duration::from_millis(2));
         m.upkeep();
         let t = m.render(&Snapshot::default());
-        assert!(t.contains("# TYPE trackproxy_request_duration_seconds histogram"), "{t}");
+        assert!(
+            t.contains("# TYPE trackproxy_request_duration_seconds histogram"),
+            "{t}"
+        );
         assert_eq!(
             sample(
                 &t,
@@ -573,7 +618,11 @@ mod tests {
             ),
             Some(0.0)
         );
-        m.certificate_expiry("a.example", "file", UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+        m.certificate_expiry(
+            "a.example",
+            "file",
+            UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+        );
         let t = m.render(&Snapshot::default());
         assert_eq!(
             sample(

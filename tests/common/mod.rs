@@ -6,6 +6,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::pedantic)]
 
+pub mod metrics;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -497,6 +499,81 @@ pub fn client(ca: &TestCa, proxy: &Proxy, hosts: &[&str], http2: bool) -> reqwes
     b.build().unwrap()
 }
 
+/// Like [`client`] (HTTP/1.1), with connections from the loopback address `local` (the whole
+/// 127.0.0.0/8 is loopback: each address is another client to the proxy).
+pub fn client_from(ca: &TestCa, proxy: &Proxy, hosts: &[&str], local: &str) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(20))
+        .http1_only();
+    for h in hosts {
+        b = b.resolve(h, proxy.https);
+    }
+    b.build().unwrap()
+}
+
+/// A TCP connection to `addr` from the loopback address `local`.
+pub async fn tcp_from(local: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(local.parse().unwrap(), 0))?;
+    socket.connect(addr).await
+}
+
+/// A TLS connection (ALPN `http/1.1`) from the loopback address `local`, with `config` (reuse
+/// one config to resume sessions).
+pub async fn tls_connect_with(
+    config: Arc<rustls::ClientConfig>,
+    local: &str,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = tcp_from(local, addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// Sends one HTTP/1.1 request on an open connection and reads one response with a
+/// `Content-Length` body; returns (status, head, body). The connection stays open.
+pub async fn h1_exchange<S>(s: &mut S, request: &str) -> (u16, String, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return (status_of(&head), head, body);
+            }
+        }
+    }
+}
+
 /// Opens a TLS connection to `addr` with `sni` and ALPN `http/1.1`.
 pub async fn tls_connect(
     ca: &TestCa,
@@ -587,6 +664,7 @@ pub struct BinProxy {
     pub child: tokio::process::Child,
     pub https: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -611,7 +689,7 @@ impl BinProxy {
             .kill_on_drop(true);
         let mut child = cmd.spawn().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = oneshot::channel::<(SocketAddr, SocketAddr)>();
+        let (tx, rx) = oneshot::channel::<(SocketAddr, SocketAddr, SocketAddr)>();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = log.clone();
@@ -624,8 +702,9 @@ impl BinProxy {
                 if v["message"] == "trackproxy listening" {
                     let https = v["https"].as_str().unwrap().parse().unwrap();
                     let http = v["http"].as_str().unwrap().parse().unwrap();
+                    let admin = v["admin"].as_str().unwrap().parse().unwrap();
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send((https, http));
+                        let _ = tx.send((https, http, admin));
                     }
                 }
                 lines.lock().unwrap().push(line);
@@ -639,7 +718,7 @@ impl BinProxy {
                 lines.lock().unwrap().push(line);
             }
         });
-        let (https, http) = tokio::time::timeout(Duration::from_secs(20), rx)
+        let (https, http, admin) = tokio::time::timeout(Duration::from_secs(20), rx)
             .await
             .unwrap_or_else(|_| panic!("trackproxy did not start: {:?}", log.lock().unwrap()))
             .unwrap_or_else(|_| panic!("trackproxy exited: {:?}", log.lock().unwrap()));
@@ -647,6 +726,7 @@ impl BinProxy {
             child,
             https,
             http,
+            admin,
             log,
         }
     }
@@ -677,5 +757,27 @@ impl BinProxy {
 
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The JSON log lines for which `pred` holds, once at least `n` of them have arrived
+    /// (the log is written asynchronously); panics after 10 s.
+    pub async fn wait_for_lines(
+        &self,
+        n: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        for _ in 0..1000 {
+            let found: Vec<serde_json::Value> = self
+                .log_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| pred(v))
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {n} matching log lines: {:#?}", self.log_lines());
     }
 }
