@@ -168,9 +168,9 @@ pub struct CertificateFiles {
 /// set); IPv6 clients are grouped by their /64, since one host commonly owns a whole /64.
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
-    /// Sustained requests per second per client (token bucket refill rate); 0 turns the
-    /// per-client rate limit off.
-    pub per_client_rps: u32,
+    /// Sustained requests per second per client (token bucket refill rate, may be fractional);
+    /// 0 turns the per-client rate limit off.
+    pub per_client_rps: f64,
     /// Requests a client may send at once before the rate applies (bucket size).
     pub per_client_burst: u32,
     /// Client networks never limited (neither rate nor per-client connections).
@@ -186,7 +186,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            per_client_rps: 20,
+            per_client_rps: 20.0,
             per_client_burst: 50,
             allow: Vec::new(),
             per_client_connections: 100,
@@ -727,9 +727,7 @@ impl Reader {
         let d = LimitsConfig::default();
         let l = LimitsConfig {
             per_client_rps: self
-                .get(&mut t, "per_client_rps", |v| {
-                    uint_in(v, 0, 1_000_000).map(u32_from)
-                })
+                .get(&mut t, "per_client_rps", |v| rate(v, 1_000_000.0))
                 .unwrap_or(d.per_client_rps),
             per_client_burst: self
                 .get(&mut t, "per_client_burst", |v| {
@@ -877,6 +875,29 @@ fn uint_in(v: &Value, min: u64, max: u64) -> Result<u64, String> {
         return Err(format!("{n} is out of range ({min}..={max})"));
     }
     Ok(n)
+}
+
+/// A rate per second: 0 (off), or from one per day up to `max`.
+fn rate(v: &Value, max: f64) -> Result<f64, String> {
+    #[allow(clippy::cast_precision_loss)] // config integers are far below 2^52
+    let n = match &v.kind {
+        ValueKind::Float(f) => *f,
+        ValueKind::I64(n) => *n as f64,
+        ValueKind::U64(n) => *n as f64,
+        ValueKind::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("expected a number, found {s:?}"))?,
+        other => return Err(format!("expected a number, found {}", kind_name(other))),
+    };
+    let min = 1.0 / 86_400.0;
+    if n == 0.0 || (n.is_finite() && (min..=max).contains(&n)) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is out of range: 0 (off), or from {min:.6} (one per day) to {max}"
+        ))
+    }
 }
 
 fn one_of<T: Copy>(v: &Value, options: &[(&str, T)]) -> Result<T, String> {
@@ -1095,7 +1116,7 @@ mod tests {
     #[test]
     fn limits_have_defaults_and_are_validated() {
         let cfg = text("[[hosts]]\nname = \"a.example\"\n").unwrap();
-        assert_eq!(cfg.limits.per_client_rps, 20);
+        assert!((cfg.limits.per_client_rps - 20.0).abs() < f64::EPSILON);
         assert_eq!(cfg.limits.per_client_burst, 50);
         assert_eq!(cfg.limits.per_client_connections, 100);
         assert_eq!(cfg.limits.max_connections, 20_000);
@@ -1116,7 +1137,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(cfg.limits.per_client_rps, 0);
+        assert!(cfg.limits.per_client_rps.abs() < f64::EPSILON);
         assert_eq!(cfg.limits.per_client_burst, 5);
         assert_eq!(cfg.limits.allow.len(), 2);
         assert_eq!(cfg.limits.max_connections, 10);
@@ -1127,7 +1148,7 @@ mod tests {
             [[hosts]]
             name = "a.example"
             [limits]
-            per_client_rps = -1
+            per_client_rps = -0.5
             per_client_burst = 0
             allow = ["not a network"]
             per_client_connections = "many"
@@ -1150,6 +1171,18 @@ mod tests {
                 "limits.per_client_rsp",
             ]
         );
+    }
+
+    #[test]
+    fn rates_may_be_fractional() {
+        let ok = |s: &str| rate(&Value::new(None, s), 1000.0);
+        assert!((ok("0.5").unwrap() - 0.5).abs() < f64::EPSILON);
+        assert!((ok("20").unwrap() - 20.0).abs() < f64::EPSILON);
+        assert!(ok("0").is_ok());
+        assert!(ok("0.000001").is_err(), "less than one a day");
+        assert!(ok("1001").is_err());
+        assert!(ok("NaN").is_err());
+        assert!(ok("fast").is_err());
     }
 
     #[test]

@@ -88,11 +88,8 @@ impl ClientLimiter {
 impl<C: Clock> ClientLimiter<C> {
     /// The limiter `cfg` describes, on `clock` (tests use a fake clock).
     pub fn with_clock(cfg: &LimitsConfig, clock: C) -> Self {
-        let limiter = NonZeroU32::new(cfg.per_client_rps).map(|rps| {
-            let burst = NonZeroU32::new(cfg.per_client_burst).unwrap_or(NonZeroU32::MIN);
-            let quota = Quota::per_second(rps).allow_burst(burst);
-            RateLimiter::dashmap_with_clock(quota, clock)
-        });
+        let limiter = quota(cfg.per_client_rps, cfg.per_client_burst)
+            .map(|quota| RateLimiter::dashmap_with_clock(quota, clock));
         ClientLimiter {
             limiter,
             allow: cfg.allow.clone(),
@@ -126,6 +123,17 @@ impl<C: Clock> ClientLimiter<C> {
     pub fn clients(&self) -> usize {
         self.limiter.as_ref().map_or(0, RateLimiter::len)
     }
+}
+
+/// A bucket of `burst` refilled at `rps` per second (fractions allowed); `None` when `rps` is
+/// not positive.
+fn quota(rps: f64, burst: u32) -> Option<Quota> {
+    if !(rps.is_finite() && rps > 0.0) {
+        return None;
+    }
+    let period = Duration::try_from_secs_f64(1.0 / rps).ok()?;
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Some(Quota::with_period(period)?.allow_burst(burst))
 }
 
 /// Layer of [`RateLimit`].
@@ -230,7 +238,7 @@ mod tests {
 
     use super::*;
 
-    fn limits(rps: u32, burst: u32, allow: &[&str]) -> LimitsConfig {
+    fn limits(rps: f64, burst: u32, allow: &[&str]) -> LimitsConfig {
         LimitsConfig {
             per_client_rps: rps,
             per_client_burst: burst,
@@ -266,14 +274,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_over_its_burst_is_limited_and_others_are_not() {
-        // 1 token per second: nothing refills within this test.
-        let limiter = Arc::new(ClientLimiter::new(&limits(1, 3, &[])));
+        // One token per 100 s: nothing refills within this test.
+        let limiter = Arc::new(ClientLimiter::new(&limits(0.01, 3, &[])));
         for _ in 0..3 {
             assert_eq!(send(&limiter, "192.0.2.1").await.unwrap(), 200);
         }
         match send(&limiter, "192.0.2.1").await {
             Err(ProxyError::RateLimited { retry_after }) => {
-                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1));
+                assert!(retry_after > Duration::from_secs(99));
+                assert!(retry_after <= Duration::from_secs(100));
             }
             other => panic!("expected RateLimited, got {other:?}"),
         }
@@ -284,7 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn ipv6_clients_share_their_slash_64() {
-        let limiter = Arc::new(ClientLimiter::new(&limits(1, 1, &[])));
+        let limiter = Arc::new(ClientLimiter::new(&limits(0.01, 1, &[])));
         assert!(send(&limiter, "2001:db8:1:2::1").await.is_ok());
         assert!(send(&limiter, "2001:db8:1:2:ffff::9").await.is_err());
         assert!(send(&limiter, "2001:db8:1:3::1").await.is_ok());
@@ -292,12 +301,12 @@ mod tests {
 
     #[tokio::test]
     async fn allowed_networks_and_rps_zero_are_never_limited() {
-        let limiter = Arc::new(ClientLimiter::new(&limits(1, 1, &["10.0.0.0/8"])));
+        let limiter = Arc::new(ClientLimiter::new(&limits(0.01, 1, &["10.0.0.0/8"])));
         for _ in 0..20 {
             assert!(send(&limiter, "10.1.2.3").await.is_ok());
         }
         assert_eq!(limiter.clients(), 0, "allowed clients take no memory");
-        let off = Arc::new(ClientLimiter::new(&limits(0, 1, &[])));
+        let off = Arc::new(ClientLimiter::new(&limits(0.0, 1, &[])));
         for _ in 0..20 {
             assert!(send(&off, "192.0.2.1").await.is_ok());
         }
@@ -306,7 +315,7 @@ mod tests {
     #[test]
     fn tokens_refill_at_the_configured_rate() {
         let clock = FakeRelativeClock::default();
-        let l = ClientLimiter::with_clock(&limits(2, 2, &[]), clock.clone());
+        let l = ClientLimiter::with_clock(&limits(2.0, 2, &[]), clock.clone());
         let c = ip("192.0.2.7");
         assert!(l.check(c).is_ok());
         assert!(l.check(c).is_ok());
@@ -314,12 +323,19 @@ mod tests {
         clock.advance(Duration::from_millis(500));
         assert!(l.check(c).is_ok());
         assert!(l.check(c).is_err());
+
+        // Fractional: one token every 4 s.
+        let l = ClientLimiter::with_clock(&limits(0.25, 1, &[]), clock.clone());
+        assert!(l.check(c).is_ok());
+        assert_eq!(l.check(c), Err(Duration::from_secs(4)));
+        clock.advance(Duration::from_secs(4));
+        assert!(l.check(c).is_ok());
     }
 
     #[test]
     fn stale_clients_are_evicted_so_memory_stays_bounded() {
         let clock = FakeRelativeClock::default();
-        let l = ClientLimiter::with_clock(&limits(10, 20, &[]), clock.clone());
+        let l = ClientLimiter::with_clock(&limits(10.0, 20, &[]), clock.clone());
         for i in 0..50_000u32 {
             let _ = l.check(IpAddr::V4(i.into()));
         }
