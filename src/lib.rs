@@ -204,6 +204,10 @@ pub async fn serve(
         service: middleware::stack(forward.clone(), &state),
         handshake_timeout: cfg.server.handshake_timeout,
         idle_timeout: cfg.server.idle_timeout,
+        proxy_protocol: server::ProxyPolicy {
+            mode: cfg.server.proxy_protocol,
+            trusted: cfg.server.trusted_proxies.clone(),
+        },
         limits: limits.clone(),
         metrics: metrics.clone(),
     });

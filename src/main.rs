@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trackproxy::cli::{Cli, Command, ConfigArg, EXIT_CONFIG};
+use trackproxy::cli::{self, Cli, Command, ConfigArg, EXIT_CONFIG, ProbeArgs};
 use trackproxy::config::{self, Config};
 use trackproxy::server::Listeners;
 use trackproxy::{App, shutdown, telemetry};
@@ -13,6 +13,28 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Probe(args) => probe(&args),
+    }
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    let cfg = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cli::probe(cfg.admin.listen, &args.path, args.timeout) {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!(
+                "trackproxy: {}{} answered {status}",
+                cfg.admin.listen, args.path
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("trackproxy: {}{}: {e}", cfg.admin.listen, args.path);
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `headers`: host of a request, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`upstream`]: the pooled client.
 
+pub mod client_addr;
 pub(crate) mod headers;
 pub mod upstream;
 
@@ -232,7 +233,9 @@ impl Shared {
             &mut parts.headers,
             &headers::Forwarding {
                 client: conn.client.ip(),
-                peer_trusted: settings.trusts(conn.peer.ip()),
+                // The address that sent us this HTTP request: the load balancer for an L7 one,
+                // the real client behind an L4 one that spoke PROXY protocol.
+                peer_trusted: settings.trusts(conn.client.ip()),
                 proto: if tls { "https" } else { "http" },
                 host: &target.host_header,
             },

@@ -2,8 +2,9 @@
 //! idle and handshake timeouts, and graceful drain.
 //!
 //! Per connection, in order: a slot in `limits.max_connections` (taken right after accept;
-//! accepting pauses while none is free) → a slot in the client's `limits.per_client_connections`
-//! (else the connection is closed before any TLS work) → TLS handshake under
+//! accepting pauses while none is free) → the PROXY protocol header, if configured → a slot in
+//! the client's `limits.per_client_connections` (else the connection is closed before any TLS
+//! work) → TLS handshake under
 //! `server.handshake_timeout` (the SNI is checked against the configured hosts; unknown or
 //! missing SNI fails the handshake) → hyper-util's
 //! auto server (HTTP/1.1 or HTTP/2 by ALPN / preface) with header size, header count and
@@ -34,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 use tracing::{Instrument, debug, error, info, info_span, warn};
+
+mod proxy_protocol;
+
+pub(crate) use proxy_protocol::Policy as ProxyPolicy;
 
 use crate::config::{Config, ServerConfig as ServerSettings};
 use crate::middleware::HttpService;
@@ -119,6 +124,7 @@ pub(crate) struct Server {
     pub(crate) service: HttpService,
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    pub(crate) proxy_protocol: ProxyPolicy,
     pub(crate) limits: Arc<ConnLimits>,
     pub(crate) metrics: Metrics,
 }
@@ -206,14 +212,32 @@ pub(crate) async fn accept_loop(
         };
         let server = server.clone();
         let token = token.clone();
-        let span = info_span!("conn", %peer);
+        let span = info_span!("conn", %peer, client = tracing::field::Empty);
         tracker.spawn(
             async move {
                 let _permit = permit;
+                let mut stream = stream;
                 let local = stream.local_addr().unwrap_or(peer);
-                // The client of the connection; a PROXY protocol header, read here, would
-                // replace it before the per-client check.
-                let client = peer;
+                let _ = stream.set_nodelay(true);
+                // One deadline covers the PROXY header and the TLS handshake.
+                let deadline = Instant::now() + server.handshake_timeout;
+                let policy = &server.proxy_protocol;
+                let client = match tokio::time::timeout_at(deadline, policy.client_addr(&mut stream, peer)).await {
+                    Ok(Ok(client)) => client,
+                    Ok(Err(e)) => {
+                        info!(failure = e.failure(), error = %crate::error::chain(&e), "connection refused");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(failure = "proxy_header_timeout", "connection refused");
+                        return;
+                    }
+                };
+                if client != peer {
+                    tracing::Span::current().record("client", tracing::field::display(client));
+                }
+                // Per client (the address the PROXY header gave, if any), still before any
+                // TLS work.
                 let Ok(_client_permit) = server.limits.try_client(client.ip()) else {
                     server.metrics.connection_refused_per_client();
                     debug!(
@@ -223,9 +247,9 @@ pub(crate) async fn accept_loop(
                     );
                     return;
                 };
-                let _ = stream.set_nodelay(true);
+                let addrs = Addrs { client, peer, local };
                 match kind {
-                    Kind::Https => serve_tls(stream, peer, local, &server, token).await,
+                    Kind::Https => serve_tls(stream, addrs, deadline, &server, token).await,
                     Kind::Http => {
                         let info = ConnInfo {
                             client,
@@ -254,14 +278,21 @@ fn is_per_connection_error(e: &io::Error) -> bool {
     )
 }
 
-async fn serve_tls(
-    stream: TcpStream,
+/// The addresses of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Addrs {
+    client: SocketAddr,
     peer: SocketAddr,
     local: SocketAddr,
+}
+
+async fn serve_tls(
+    stream: TcpStream,
+    addrs: Addrs,
+    deadline: Instant,
     server: &Server,
     token: CancellationToken,
 ) {
-    let deadline = Instant::now() + server.handshake_timeout;
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let failed = |why: HandshakeFailure| server.metrics.tls_handshake_failed(why);
     let start = match tokio::time::timeout_at(deadline, acceptor).await {
@@ -320,9 +351,9 @@ async fn serve_tls(
     let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
     server.metrics.tls_handshake(resumed);
     let info = ConnInfo {
-        client: peer,
-        peer,
-        local,
+        client: addrs.client,
+        peer: addrs.peer,
+        local: addrs.local,
         tls: Some(TlsInfo {
             sni,
             version,

@@ -306,3 +306,54 @@ async fn hundred_megabyte_post_streams_in_bounded_memory() {
         "proxy peak RSS {peak_mib} MiB for a 100 MiB body: it buffered"
     );
 }
+
+#[test]
+fn probe_exit_code_follows_the_admin_answer() {
+    use std::io::{Read, Write};
+    for (answer, want) in [
+        ("HTTP/1.1 200 OK", 0),
+        ("HTTP/1.1 503 Service Unavailable", 1),
+    ] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 512];
+            let mut n = 0;
+            while !req[..n].ends_with(b"\r\n\r\n") {
+                n += s.read(&mut req[n..]).unwrap();
+            }
+            s.write_all(format!("{answer}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                .unwrap();
+            String::from_utf8_lossy(&req[..n]).into_owned()
+        });
+        let out = Command::new(env!("CARGO_BIN_EXE_trackproxy"))
+            .args(["probe", "--path", "/readyz"])
+            .env("TRACKPROXY__ADMIN__LISTEN", addr.to_string())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(want),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            server
+                .join()
+                .unwrap()
+                .starts_with("GET /readyz HTTP/1.1\r\n")
+        );
+    }
+    // nothing listening: failure, quickly
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trackproxy"))
+        .args(["probe"])
+        .env("TRACKPROXY__ADMIN__LISTEN", closed.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

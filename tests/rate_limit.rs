@@ -9,8 +9,11 @@ mod common;
 
 use std::time::Duration;
 
+use common::haproxy::{HaProxy, Route};
 use common::metrics::scrape;
-use common::{Proxy, Setup, client_from, h1_exchange, tcp_from, tls_connect_with};
+use common::{
+    Proxy, Setup, client_from, connect_from, h1_exchange, raw_tls_from, status_of, tls_connect_with,
+};
 
 const HOST: &str = "url1234.example.test";
 
@@ -192,7 +195,7 @@ async fn accepting_pauses_at_max_connections_and_resumes() {
     let req = format!("GET /wf/open HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
     assert_eq!(h1_exchange(&mut c, &req).await.0, 200);
     // Plain TCP connects are still taken by the kernel meanwhile: nothing is refused.
-    let _tcp = tcp_from("127.0.0.4", proxy.https).await.unwrap();
+    let _tcp = connect_from("127.0.0.4", proxy.https).await.unwrap();
 }
 
 #[tokio::test]
@@ -242,4 +245,41 @@ async fn requests_past_max_in_flight_are_shed_with_503_at_once() {
         ),
         1.0
     );
+}
+
+#[tokio::test]
+async fn behind_haproxy_the_limit_follows_the_proxy_protocol_client() {
+    let s = Setup::new().await;
+    // HAProxy connects from 127.0.0.1 for everyone: only the PROXY header tells clients apart.
+    let proxy = Proxy::start(&s.toml(
+        &[HOST],
+        "[server]\nproxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [limits]\nper_client_rps = 0.01\nper_client_burst = 2\n",
+    ))
+    .await;
+    let lb = HaProxy::start(
+        &[Route {
+            servers: vec![proxy.https],
+            send_proxy: "send-proxy-v2",
+            server_options: String::new(),
+        }],
+        "",
+    )
+    .await;
+    let req = format!("GET /wf/open HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let get = |from: &'static str| {
+        let (ca, lb, req) = (&s.ca, lb.frontends[0], req.clone());
+        async move { status_of(&raw_tls_from(ca, from, lb, HOST, req.as_bytes()).await) }
+    };
+    assert_eq!(get("127.0.0.3").await, 200);
+    assert_eq!(get("127.0.0.3").await, 200);
+    assert_eq!(get("127.0.0.3").await, 429);
+    assert_eq!(
+        get("127.0.0.4").await,
+        200,
+        "another client behind the same balancer"
+    );
+    let m = scrape(proxy.admin).await;
+    assert_eq!(m.value("trackproxy_rate_limited_total", &[]), 1.0);
+    assert_eq!(m.value("trackproxy_rate_limit_clients", &[]), 2.0);
 }

@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::pedantic)]
 
+pub mod haproxy;
 pub mod metrics;
 
 use std::collections::HashMap;
@@ -515,13 +516,6 @@ pub fn client_from(ca: &TestCa, proxy: &Proxy, hosts: &[&str], local: &str) -> r
     b.build().unwrap()
 }
 
-/// A TCP connection to `addr` from the loopback address `local`.
-pub async fn tcp_from(local: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(local.parse().unwrap(), 0))?;
-    socket.connect(addr).await
-}
-
 /// A TLS connection (ALPN `http/1.1`) from the loopback address `local`, with `config` (reuse
 /// one config to resume sessions).
 pub async fn tls_connect_with(
@@ -530,7 +524,7 @@ pub async fn tls_connect_with(
     addr: SocketAddr,
     sni: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = tcp_from(local, addr).await?;
+    let tcp = connect_from(local, addr).await?;
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     TlsConnector::from(config).connect(name, tcp).await
 }
@@ -780,4 +774,37 @@ impl BinProxy {
         }
         panic!("fewer than {n} matching log lines: {:#?}", self.log_lines());
     }
+}
+
+/// A TCP connection from a chosen loopback source address (the whole 127.0.0.0/8 is loopback,
+/// so tests can play several clients).
+pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
+    s.connect(to).await
+}
+
+/// Like [`raw_tls`], from a chosen source address.
+pub async fn raw_tls_from(
+    ca: &TestCa,
+    from: &str,
+    addr: SocketAddr,
+    sni: &str,
+    request: &[u8],
+) -> String {
+    let tcp = connect_from(from, addr).await.unwrap();
+    let connector = TlsConnector::from(ca.client_config(&[b"http/1.1"]));
+    let mut s = connector
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    s.write_all(request).await.unwrap();
+    read_all(&mut s).await
+}
+
+/// Like [`raw_plain`], from a chosen source address.
+pub async fn raw_plain_from(from: &str, addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = connect_from(from, addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_all(&mut s).await
 }

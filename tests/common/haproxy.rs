@@ -1,0 +1,102 @@
+//! A real HAProxy (Debian package `haproxy`) in TCP mode in front of trackproxy, started on free
+//! loopback ports with a temporary configuration and killed on drop.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// One frontend → backend pair.
+pub struct Route {
+    /// Backend servers (trackproxy listeners).
+    pub servers: Vec<SocketAddr>,
+    /// `send-proxy-v2`, `send-proxy` or "" (no PROXY header).
+    pub send_proxy: &'static str,
+    /// Extra `default-server` options, e.g. health checks.
+    pub server_options: String,
+}
+
+pub struct HaProxy {
+    child: tokio::process::Child,
+    /// Frontend addresses, in the order of the routes given.
+    pub frontends: Vec<SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub async fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+impl HaProxy {
+    pub async fn start(routes: &[Route], extra_global: &str) -> HaProxy {
+        let dir = tempfile::tempdir().unwrap();
+        let mut frontends = Vec::new();
+        let mut cfg = format!(
+            "global\n    maxconn 4000\n{extra_global}\n\
+             defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n"
+        );
+        for (i, r) in routes.iter().enumerate() {
+            let fe = free_port().await;
+            frontends.push(fe);
+            cfg.push_str(&format!(
+                "frontend fe{i}\n    bind {fe}\n    default_backend be{i}\n\n\
+                 backend be{i}\n    balance roundrobin\n    default-server {} {}\n",
+                r.send_proxy, r.server_options
+            ));
+            for (j, s) in r.servers.iter().enumerate() {
+                cfg.push_str(&format!("    server s{j} {s}\n"));
+            }
+            cfg.push('\n');
+        }
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, &cfg).unwrap();
+        let check = std::process::Command::new("haproxy")
+            .args(["-c", "-q", "-f"])
+            .arg(&path)
+            .output()
+            .expect("haproxy must be installed (apt-get install -y haproxy)");
+        assert!(
+            check.status.success(),
+            "haproxy -c: {}\n{cfg}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log = std::fs::File::create(dir.path().join("haproxy.log")).unwrap();
+        let child = tokio::process::Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // ready when every frontend accepts connections (bounded wait)
+        for fe in &frontends {
+            let mut ok = false;
+            for _ in 0..200 {
+                if TcpStream::connect(fe).await.is_ok() {
+                    ok = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            assert!(
+                ok,
+                "haproxy did not listen on {fe}: {}",
+                std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
+            );
+        }
+        HaProxy {
+            child,
+            frontends,
+            _dir: dir,
+        }
+    }
+}
