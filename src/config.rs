@@ -42,6 +42,8 @@ pub struct Config {
     pub hosts: Vec<HostConfig>,
     /// Where certificates come from.
     pub tls: TlsConfig,
+    /// Per-client and global limits.
+    pub limits: LimitsConfig,
     /// Admin listener.
     pub admin: AdminConfig,
     /// Logging.
@@ -163,6 +165,40 @@ pub struct CertificateFiles {
     pub cert: PathBuf,
     /// Private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+}
+
+/// `[limits]`: what one client, and everyone together, may use.
+///
+/// A "client" is the client IP address (`ConnInfo::client`, which a trusted PROXY header may
+/// set); IPv6 clients are grouped by their /64, since one host commonly owns a whole /64.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Sustained requests per second per client (token bucket refill rate, may be fractional);
+    /// 0 turns the per-client rate limit off.
+    pub per_client_rps: f64,
+    /// Requests a client may send at once before the rate applies (bucket size).
+    pub per_client_burst: u32,
+    /// Client networks never limited (neither rate nor per-client connections).
+    pub allow: Vec<IpNet>,
+    /// Open connections per client; 0 means no per-client cap.
+    pub per_client_connections: u32,
+    /// Open connections in total (HTTPS and HTTP listeners); past it, accepting pauses.
+    pub max_connections: usize,
+    /// Requests being served at once; past it, requests are answered 503 at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            per_client_rps: 20.0,
+            per_client_burst: 50,
+            allow: Vec::new(),
+            per_client_connections: 100,
+            max_connections: 20_000,
+            max_in_flight: 4096,
+        }
+    }
 }
 
 /// `[admin]`
@@ -513,13 +549,14 @@ impl Reader {
         let upstream = self.upstream(&mut root);
         let hosts = self.hosts(&mut root, &upstream.url);
         let tls = self.tls(&mut root);
+        let limits = self.limits(&mut root);
         let admin = self.admin(&mut root);
         let log = self.log(&mut root);
         let doctor = self.doctor(&mut root);
         self.finish(
             root,
             &[
-                "server", "upstream", "hosts", "tls", "admin", "log", "doctor",
+                "server", "upstream", "hosts", "tls", "limits", "admin", "log", "doctor",
             ],
         );
         if hosts.is_empty() {
@@ -535,6 +572,7 @@ impl Reader {
             upstream,
             hosts,
             tls,
+            limits,
             admin,
             log,
             doctor,
@@ -733,6 +771,51 @@ impl Reader {
         }
     }
 
+    fn limits(&mut self, root: &mut Table) -> LimitsConfig {
+        let mut t = self.table(root, "limits");
+        let d = LimitsConfig::default();
+        let l = LimitsConfig {
+            per_client_rps: self
+                .get(&mut t, "per_client_rps", |v| rate(v, 1_000_000.0))
+                .unwrap_or(d.per_client_rps),
+            per_client_burst: self
+                .get(&mut t, "per_client_burst", |v| {
+                    uint_in(v, 1, 1_000_000).map(u32_from)
+                })
+                .unwrap_or(d.per_client_burst),
+            allow: self
+                .get(&mut t, "allow", |v| list(v, ip_net))
+                .unwrap_or_default(),
+            per_client_connections: self
+                .get(&mut t, "per_client_connections", |v| {
+                    uint_in(v, 0, 1_000_000).map(u32_from)
+                })
+                .unwrap_or(d.per_client_connections),
+            max_connections: self
+                .get(&mut t, "max_connections", |v| {
+                    uint_in(v, 1, 10_000_000).map(usize_from)
+                })
+                .unwrap_or(d.max_connections),
+            max_in_flight: self
+                .get(&mut t, "max_in_flight", |v| {
+                    uint_in(v, 1, 10_000_000).map(usize_from)
+                })
+                .unwrap_or(d.max_in_flight),
+        };
+        self.finish(
+            t,
+            &[
+                "per_client_rps",
+                "per_client_burst",
+                "allow",
+                "per_client_connections",
+                "max_connections",
+                "max_in_flight",
+            ],
+        );
+        l
+    }
+
     fn admin(&mut self, root: &mut Table) -> AdminConfig {
         let mut t = self.table(root, "admin");
         let a = AdminConfig {
@@ -855,6 +938,29 @@ fn uint_in(v: &Value, min: u64, max: u64) -> Result<u64, String> {
         return Err(format!("{n} is out of range ({min}..={max})"));
     }
     Ok(n)
+}
+
+/// A rate per second: 0 (off), or from one per day up to `max`.
+fn rate(v: &Value, max: f64) -> Result<f64, String> {
+    #[allow(clippy::cast_precision_loss)] // config integers are far below 2^52
+    let n = match &v.kind {
+        ValueKind::Float(f) => *f,
+        ValueKind::I64(n) => *n as f64,
+        ValueKind::U64(n) => *n as f64,
+        ValueKind::String(s) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("expected a number, found {s:?}"))?,
+        other => return Err(format!("expected a number, found {}", kind_name(other))),
+    };
+    let min = 1.0 / 86_400.0;
+    if n == 0.0 || (n.is_finite() && (min..=max).contains(&n)) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is out of range: 0 (off), or from {min:.6} (one per day) to {max}"
+        ))
+    }
 }
 
 fn one_of<T: Copy>(v: &Value, options: &[(&str, T)]) -> Result<T, String> {
@@ -1068,6 +1174,78 @@ mod tests {
             err.0[0].origin,
             "environment variable TRACKPROXY__UPSTREAM__CONNECT_TIMEOUT"
         );
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_validated() {
+        let cfg = text("[[hosts]]\nname = \"a.example\"\n").unwrap();
+        assert!((cfg.limits.per_client_rps - 20.0).abs() < f64::EPSILON);
+        assert_eq!(cfg.limits.per_client_burst, 50);
+        assert_eq!(cfg.limits.per_client_connections, 100);
+        assert_eq!(cfg.limits.max_connections, 20_000);
+        assert_eq!(cfg.limits.max_in_flight, 4096);
+        assert!(cfg.limits.allow.is_empty());
+
+        let cfg = text(
+            r#"
+            [[hosts]]
+            name = "a.example"
+            [limits]
+            per_client_rps = 0
+            per_client_burst = 5
+            allow = ["10.0.0.0/8", "2001:db8::1"]
+            per_client_connections = 0
+            max_connections = 10
+            max_in_flight = 3
+            "#,
+        )
+        .unwrap();
+        assert!(cfg.limits.per_client_rps.abs() < f64::EPSILON);
+        assert_eq!(cfg.limits.per_client_burst, 5);
+        assert_eq!(cfg.limits.allow.len(), 2);
+        assert_eq!(cfg.limits.max_connections, 10);
+        assert_eq!(cfg.limits.max_in_flight, 3);
+
+        let err = text(
+            r#"
+            [[hosts]]
+            name = "a.example"
+            [limits]
+            per_client_rps = -0.5
+            per_client_burst = 0
+            allow = ["not a network"]
+            per_client_connections = "many"
+            max_connections = 0
+            max_in_flight = 0
+            per_client_rsp = 3
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "limits.per_client_rps",
+                "limits.per_client_burst",
+                "limits.allow",
+                "limits.per_client_connections",
+                "limits.max_connections",
+                "limits.max_in_flight",
+                "limits.per_client_rsp",
+            ]
+        );
+    }
+
+    #[test]
+    fn rates_may_be_fractional() {
+        let ok = |s: &str| rate(&Value::new(None, s), 1000.0);
+        assert!((ok("0.5").unwrap() - 0.5).abs() < f64::EPSILON);
+        assert!((ok("20").unwrap() - 20.0).abs() < f64::EPSILON);
+        assert!(ok("0").is_ok());
+        assert!(ok("0.000001").is_err(), "less than one a day");
+        assert!(ok("1001").is_err());
+        assert!(ok("NaN").is_err());
+        assert!(ok("fast").is_err());
     }
 
     #[test]

@@ -56,6 +56,15 @@ pub enum ProxyError {
         /// The configured response timeout.
         after: Duration,
     },
+    /// The client sent more requests than `limits.per_client_rps` / `per_client_burst` allow.
+    #[error("client rate limit exceeded; next request allowed in {retry_after:?}")]
+    RateLimited {
+        /// When the client may send its next request (`Retry-After`, rounded up to seconds).
+        retry_after: Duration,
+    },
+    /// `limits.max_in_flight` requests are already being served: shed instead of queueing.
+    #[error("too many requests in flight")]
+    Overloaded,
 }
 
 /// Whose fault an error is: drives the log level and the metric label.
@@ -65,6 +74,8 @@ pub enum ErrorOrigin {
     Client,
     /// The upstream failed.
     Upstream,
+    /// The proxy itself is at a configured capacity limit.
+    Proxy,
 }
 
 impl ErrorOrigin {
@@ -74,6 +85,7 @@ impl ErrorOrigin {
         match self {
             ErrorOrigin::Client => "client",
             ErrorOrigin::Upstream => "upstream",
+            ErrorOrigin::Proxy => "proxy",
         }
     }
 }
@@ -93,6 +105,8 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -103,10 +117,12 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::UnknownHost { .. }
-            | ProxyError::Misdirected { .. } => ErrorOrigin::Client,
+            | ProxyError::Misdirected { .. }
+            | ProxyError::RateLimited { .. } => ErrorOrigin::Client,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamRequest { .. }
             | ProxyError::UpstreamTimeout { .. } => ErrorOrigin::Upstream,
+            ProxyError::Overloaded => ErrorOrigin::Proxy,
         }
     }
 
@@ -121,6 +137,27 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream_connect",
             ProxyError::UpstreamRequest { .. } => "upstream_request",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::Overloaded => "overloaded",
+        }
+    }
+
+    /// The `Retry-After` value in whole seconds (RFC 9110 §10.2.3), for errors that have one.
+    #[must_use]
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ProxyError::RateLimited { retry_after } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                Some(secs.max(1))
+            }
+            ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::UnknownHost { .. }
+            | ProxyError::Misdirected { .. }
+            | ProxyError::UpstreamConnect { .. }
+            | ProxyError::UpstreamRequest { .. }
+            | ProxyError::UpstreamTimeout { .. }
+            | ProxyError::Overloaded => None,
         }
     }
 }

@@ -83,7 +83,7 @@ fn serve(args: &ConfigArg) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    telemetry::init(&cfg.log);
+    let _log = telemetry::init(&cfg.log);
     let app = match App::build(&cfg) {
         Ok(app) => app,
         Err(e) => {
@@ -102,7 +102,7 @@ fn serve(args: &ConfigArg) -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
-        let listeners = Listeners::bind(&cfg.server).await?;
+        let listeners = Listeners::bind(&cfg).await?;
         trackproxy::serve(app, listeners, shutdown::signal()).await?;
         Ok(())
     });

@@ -1,12 +1,25 @@
 //! The tower stack every request passes through. [`stack`] is the **only** place layers are
 //! ordered; each line says why it sits where it does.
+//!
+//! - [`request_id`]: keeps or assigns `X-Request-Id`; the `request` span.
+//! - [`access_log`]: one log event per request, and the request metrics.
+//! - [`rate_limit`]: the per-client token buckets (429).
+//! - [`load_shed`]: the in-flight limit (503).
+//! - [`Rescue`] (here): every [`ProxyError`] becomes its response.
+
+pub mod access_log;
+pub mod load_shed;
+pub mod rate_limit;
+pub mod request_id;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, header};
 use hyper::body::Incoming;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
@@ -14,37 +27,87 @@ use tracing::{debug, warn};
 
 use crate::error::{ErrorOrigin, ProxyError};
 use crate::proxy::{Forward, ProxyBody, local_response};
+use crate::telemetry::metrics::Metrics;
+use access_log::{AccessLogLayer, LoggedBody};
+use load_shed::{InFlight, LoadShedLayer};
+use rate_limit::{ClientLimiter, RateLimitLayer};
+use request_id::RequestIdLayer;
+
+/// The body of every response a connection sends.
+pub type ResponseBody = LoggedBody<ProxyBody>;
 
 /// The service a connection serves: never fails, every error is already a response.
-pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ProxyBody>, Infallible>;
+pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
+
+/// What the stack shares with the rest of the proxy (the admin endpoint reads the limiter and
+/// the in-flight count; the maintenance task evicts stale rate-limit state).
+#[derive(Debug, Clone)]
+pub struct StackState {
+    /// Metrics of this proxy.
+    pub metrics: Metrics,
+    /// Per-client token buckets.
+    pub limiter: Arc<ClientLimiter>,
+    /// The in-flight budget.
+    pub in_flight: InFlight,
+    /// Whether access logs keep query strings (`log.query`).
+    pub log_query: bool,
+}
 
 /// Builds the stack around the forwarder. Outermost first.
-pub fn stack(forward: Forward) -> HttpService {
+pub fn stack(forward: Forward, state: &StackState) -> HttpService {
     let svc = ServiceBuilder::new()
-        // Turns every ProxyError into its status and a short body, and logs it with its whole
-        // error chain; from here outwards the service cannot fail.
-        .layer(RescueLayer)
+        // First, so that the id is on the request before anything logs, every log line of the
+        // request (the access log, the rescue's error lines) is in its span, and every
+        // response — synthetic ones included — carries it back.
+        .layer(RequestIdLayer::new())
+        // Outside the rescue layer: sees the final status of every request, 429s and 503s
+        // included, and the body as it is sent.
+        .layer(AccessLogLayer::new(state.metrics.clone(), state.log_query))
+        // Turns every ProxyError into its status and a short body, logs it with its whole
+        // error chain and counts it; from here outwards the service cannot fail.
+        .layer(RescueLayer::new(state.metrics.clone()))
+        // Cheapest rejection first, before a request takes an in-flight slot or any upstream
+        // work: one noisy client cannot fill the in-flight budget.
+        .layer(RateLimitLayer::new(state.limiter.clone()))
+        // Innermost limit, right around the forwarder: fail fast instead of queueing once
+        // max_in_flight requests wait for upstreams.
+        .layer(LoadShedLayer::new(state.in_flight.clone()))
         .service(forward);
     BoxCloneSyncService::new(svc)
 }
 
 /// Layer of [`Rescue`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RescueLayer;
+#[derive(Debug, Clone)]
+pub struct RescueLayer {
+    metrics: Metrics,
+}
+
+impl RescueLayer {
+    /// A layer counting errors in `metrics`.
+    #[must_use]
+    pub fn new(metrics: Metrics) -> Self {
+        RescueLayer { metrics }
+    }
+}
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Rescue { inner }
+        Rescue {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 /// Maps [`ProxyError`] to a response: short generic body to the client, the full error chain
-/// to the log (client faults at `debug`, upstream faults at `warn`).
+/// to the log (client faults and capacity limits at `debug`, upstream faults at `warn`), and a
+/// count in the metrics.
 #[derive(Debug, Clone)]
 pub struct Rescue<S> {
     inner: S,
+    metrics: Metrics,
 }
 
 impl<S, B> Service<Request<B>> for Rescue<S>
@@ -67,10 +130,14 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let fut = self.inner.call(req);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             match fut.await {
                 Ok(res) => Ok(res),
-                Err(e) => Ok(rescue(&e)),
+                Err(e) => {
+                    metrics.request_error(&e);
+                    Ok(rescue(&e))
+                }
             }
         })
     }
@@ -82,7 +149,9 @@ pub fn rescue(e: &ProxyError) -> Response<ProxyBody> {
     let status = e.status();
     let error = crate::error::chain(e);
     match e.origin() {
-        ErrorOrigin::Client => {
+        ErrorOrigin::Client | ErrorOrigin::Proxy => {
+            // Per-request lines for 429/503 would grow with the very load they refuse; the
+            // metrics count them.
             debug!(status = status.as_u16(), failure = e.kind(), %error, "request refused");
         }
         ErrorOrigin::Upstream => {
@@ -90,5 +159,64 @@ pub fn rescue(e: &ProxyError) -> Response<ProxyBody> {
         }
     }
     let reason = status.canonical_reason().unwrap_or("Error");
-    local_response(status, format!("{} {reason}\n", status.as_u16()))
+    let mut res = local_response(status, format!("{} {reason}\n", status.as_u16()));
+    if let Some(secs) = e.retry_after_secs() {
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::telemetry::metrics::Snapshot;
+
+    #[tokio::test]
+    async fn errors_become_responses_and_are_counted() {
+        let metrics = Metrics::new(["a.example"]);
+        let cases = [
+            (
+                ProxyError::RateLimited {
+                    retry_after: Duration::from_millis(1200),
+                },
+                429,
+                Some("2"),
+            ),
+            (
+                ProxyError::RateLimited {
+                    retry_after: Duration::from_millis(10),
+                },
+                429,
+                Some("1"),
+            ),
+            (ProxyError::Overloaded, 503, None),
+        ];
+        for (err, status, retry_after) in cases {
+            let err = std::sync::Mutex::new(Some(err));
+            let res = ServiceBuilder::new()
+                .layer(RescueLayer::new(metrics.clone()))
+                .service_fn(|_req: Request<()>| {
+                    let e = err.lock().unwrap().take().unwrap();
+                    async move { Err::<Response<ProxyBody>, _>(e) }
+                })
+                .oneshot(Request::new(()))
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), status);
+            assert_eq!(
+                res.headers()
+                    .get(header::RETRY_AFTER)
+                    .map(|v| v.to_str().unwrap()),
+                retry_after
+            );
+        }
+        let text = metrics.render(&Snapshot::default());
+        assert!(text.contains("trackproxy_rate_limited_total 2"), "{text}");
+        assert!(text.contains("trackproxy_requests_shed_total 1"), "{text}");
+    }
 }

@@ -36,6 +36,11 @@ use upstream::UpstreamClient;
 /// Body of every response trackproxy sends: the upstream's, streamed, or a short local one.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+/// How long the upstream took to send its response head; in the extensions of every response
+/// that came from an upstream (the access log and the latency histogram read it).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTiming(pub Duration);
+
 /// A short local response (errors, redirects, local files).
 #[must_use]
 pub fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
@@ -237,6 +242,7 @@ impl Shared {
         );
         let response_timeout = settings.response_timeout;
 
+        let started = std::time::Instant::now();
         let sent = self.client.request(Request::from_parts(parts, body));
         let mut res = match tokio::time::timeout(response_timeout, sent).await {
             Err(_) => {
@@ -259,6 +265,8 @@ impl Shared {
             }
             Ok(Ok(res)) => res,
         };
+        res.extensions_mut()
+            .insert(UpstreamTiming(started.elapsed()));
         headers::prepare_response(res.headers_mut());
         Ok(res.map(Either::Left))
     }

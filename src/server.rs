@@ -1,12 +1,18 @@
 //! Listeners and connections: accept loops, TLS handshakes, the HTTP/1.1 + HTTP/2 server,
 //! idle and handshake timeouts, and graceful drain.
 //!
-//! Per connection, in order: TLS handshake under `server.handshake_timeout` (the SNI is checked
-//! against the configured hosts; unknown or missing SNI fails the handshake) → hyper-util's
+//! Per connection, in order: a slot in `limits.max_connections` (taken right after accept;
+//! accepting pauses while none is free) → the PROXY protocol header, if configured → a slot in
+//! the client's `limits.per_client_connections` (else the connection is closed before any TLS
+//! work) → TLS handshake under
+//! `server.handshake_timeout` (the SNI is checked against the configured hosts; unknown or
+//! missing SNI fails the handshake) → hyper-util's
 //! auto server (HTTP/1.1 or HTTP/2 by ALPN / preface) with header size, header count and
 //! header-read limits → the tower stack from [`crate::middleware`]. A connection with no bytes
 //! moving for `server.idle_timeout` is shut down gracefully. Nothing read from the network can
 //! panic this code; a failure closes its own connection only.
+
+pub mod conn_limit;
 
 use std::io;
 use std::net::SocketAddr;
@@ -28,15 +34,17 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::{Instrument, debug, error, info, info_span};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 mod proxy_protocol;
 
 pub(crate) use proxy_protocol::Policy as ProxyPolicy;
 
-use crate::config::ServerConfig as ServerSettings;
+use crate::config::{Config, ServerConfig as ServerSettings};
 use crate::middleware::HttpService;
+use crate::telemetry::metrics::{HandshakeFailure, Metrics};
 use crate::tls::SniResolver;
+use conn_limit::ConnLimits;
 
 /// What the HTTP layer knows about the connection a request arrived on. Inserted into every
 /// request's extensions.
@@ -71,14 +79,17 @@ pub struct Listeners {
     pub https: TcpListener,
     /// Plain HTTP.
     pub http: TcpListener,
+    /// The admin endpoints (`crate::admin`).
+    pub admin: TcpListener,
 }
 
 impl Listeners {
-    /// Binds the addresses in `server`.
+    /// Binds the addresses in `cfg`.
     ///
     /// # Errors
     /// The address that could not be bound and why.
-    pub async fn bind(server: &ServerSettings) -> Result<Self, BindError> {
+    pub async fn bind(cfg: &Config) -> Result<Self, BindError> {
+        let server = &cfg.server;
         let bind = |addr: SocketAddr, key: &'static str| async move {
             TcpListener::bind(addr)
                 .await
@@ -87,6 +98,7 @@ impl Listeners {
         Ok(Listeners {
             https: bind(server.https_listen, "server.https_listen").await?,
             http: bind(server.http_listen, "server.http_listen").await?,
+            admin: bind(cfg.admin.listen, "admin.listen").await?,
         })
     }
 }
@@ -113,6 +125,8 @@ pub(crate) struct Server {
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) proxy_protocol: ProxyPolicy,
+    pub(crate) limits: Arc<ConnLimits>,
+    pub(crate) metrics: Metrics,
 }
 
 impl Server {
@@ -177,11 +191,31 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        // The total budget: past it, this connection waits for a slot and nothing else is
+        // accepted meanwhile (new connections queue in the kernel's backlog). Counting only
+        // accepted connections keeps `trackproxy_open_connections` exact.
+        let permit = if let Some(p) = server.limits.try_total() {
+            p
+        } else {
+            server.metrics.accept_paused();
+            warn!(
+                listener = ?local,
+                open = server.limits.open(),
+                "limits.max_connections reached: accepting paused"
+            );
+            let p = tokio::select! {
+                p = server.limits.total() => p,
+                () = token.cancelled() => break,
+            };
+            info!(listener = ?local, "accepting resumed");
+            p
+        };
         let server = server.clone();
         let token = token.clone();
         let span = info_span!("conn", %peer, client = tracing::field::Empty);
         tracker.spawn(
             async move {
+                let _permit = permit;
                 let mut stream = stream;
                 let local = stream.local_addr().unwrap_or(peer);
                 let _ = stream.set_nodelay(true);
@@ -202,6 +236,17 @@ pub(crate) async fn accept_loop(
                 if client != peer {
                     tracing::Span::current().record("client", tracing::field::display(client));
                 }
+                // Per client (the address the PROXY header gave, if any), still before any
+                // TLS work.
+                let Ok(_client_permit) = server.limits.try_client(client.ip()) else {
+                    server.metrics.connection_refused_per_client();
+                    debug!(
+                        client = %client,
+                        failure = "per_client_limit",
+                        "connection refused: limits.per_client_connections reached"
+                    );
+                    return;
+                };
                 let addrs = Addrs { client, peer, local };
                 match kind {
                     Kind::Https => serve_tls(stream, addrs, deadline, &server, token).await,
@@ -249,14 +294,17 @@ async fn serve_tls(
     token: CancellationToken,
 ) {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let failed = |why: HandshakeFailure| server.metrics.tls_handshake_failed(why);
     let start = match tokio::time::timeout_at(deadline, acceptor).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             debug!(failure = "client_hello", error = %e, "TLS handshake failed");
+            failed(HandshakeFailure::ClientHello);
             return;
         }
         Err(_) => {
             debug!(failure = "handshake_timeout", "TLS handshake failed");
+            failed(HandshakeFailure::Timeout);
             return;
         }
     };
@@ -264,25 +312,32 @@ async fn serve_tls(
     let sni: Option<Arc<str>> = hello
         .server_name()
         .map(|s| Arc::from(s.to_ascii_lowercase()));
-    match &sni {
-        None => debug!(failure = "no_sni", "TLS handshake rejected"),
+    let refused = match &sni {
+        None => {
+            debug!(failure = "no_sni", "TLS handshake rejected");
+            Some(HandshakeFailure::NoSni)
+        }
         Some(name) if !server.resolver.knows(name) => {
             debug!(failure = "unknown_sni", sni = %name, "TLS handshake rejected");
+            Some(HandshakeFailure::UnknownSni)
         }
-        Some(_) => {}
-    }
+        Some(_) => None,
+    };
     // Even for a refused SNI the handshake continues: the resolver then has no certificate,
-    // and rustls ends the handshake with a proper alert instead of a bare close.
+    // and rustls ends the handshake with a proper alert instead of a bare close. It is counted
+    // once, under the reason it was refused for.
     let tls = match tokio::time::timeout_at(deadline, start.into_stream(server.tls.clone())).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            if sni.as_deref().is_some_and(|n| server.resolver.knows(n)) {
+            if refused.is_none() {
                 debug!(failure = "handshake", error = %e, "TLS handshake failed");
             }
+            failed(refused.unwrap_or(HandshakeFailure::Handshake));
             return;
         }
         Err(_) => {
             debug!(failure = "handshake_timeout", "TLS handshake failed");
+            failed(refused.unwrap_or(HandshakeFailure::Timeout));
             return;
         }
     };
@@ -294,6 +349,7 @@ async fn serve_tls(
         _ => "TLS",
     };
     let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    server.metrics.tls_handshake(resumed);
     let info = ConnInfo {
         client: addrs.client,
         peer: addrs.peer,

@@ -8,6 +8,7 @@
 
 pub mod dns;
 pub mod haproxy;
+pub mod metrics;
 pub mod website;
 
 use std::collections::HashMap;
@@ -358,6 +359,7 @@ async fn upstream_response(target: &str, body_len: u64) -> Response<Full<Bytes>>
 pub struct Proxy {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), trackproxy::Error>>>,
 }
@@ -369,6 +371,11 @@ impl Proxy {
     }
 
     pub async fn try_start(toml: &str) -> Result<Self, trackproxy::config::Errors> {
+        Ok(Self::start_app(Self::build(toml)?).await)
+    }
+
+    /// Builds the app `toml` describes without serving it (to reach into it before start).
+    pub fn build(toml: &str) -> Result<trackproxy::App, trackproxy::config::Errors> {
         let cfg = trackproxy::config::load_with_env(
             &trackproxy::config::Source::Text {
                 label: "test.toml",
@@ -376,23 +383,30 @@ impl Proxy {
             },
             Some(Default::default()),
         )?;
-        let app = trackproxy::App::build(&cfg)?;
+        trackproxy::App::build(&cfg)
+    }
+
+    /// Serves a built app on ephemeral loopback ports.
+    pub async fn start_app(app: trackproxy::App) -> Self {
         let listeners = trackproxy::server::Listeners {
             https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
             http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
         let https = listeners.https.local_addr().unwrap();
         let http = listeners.http.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(trackproxy::serve(app, listeners, async {
             let _ = rx.await;
         }));
-        Ok(Proxy {
+        Proxy {
             https,
             http,
+            admin,
             shutdown: Some(tx),
             task: Some(task),
-        })
+        }
     }
 
     /// Sends the shutdown signal (like SIGTERM).
@@ -494,6 +508,74 @@ pub fn client(ca: &TestCa, proxy: &Proxy, hosts: &[&str], http2: bool) -> reqwes
     b.build().unwrap()
 }
 
+/// Like [`client`] (HTTP/1.1), with connections from the loopback address `local` (the whole
+/// 127.0.0.0/8 is loopback: each address is another client to the proxy).
+pub fn client_from(ca: &TestCa, proxy: &Proxy, hosts: &[&str], local: &str) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.cert_pem.as_bytes()).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .local_address(local.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(20))
+        .http1_only();
+    for h in hosts {
+        b = b.resolve(h, proxy.https);
+    }
+    b.build().unwrap()
+}
+
+/// A TLS connection (ALPN `http/1.1`) from the loopback address `local`, with `config` (reuse
+/// one config to resume sessions).
+pub async fn tls_connect_with(
+    config: Arc<rustls::ClientConfig>,
+    local: &str,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = connect_from(local, addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// Sends one HTTP/1.1 request on an open connection and reads one response with a
+/// `Content-Length` body; returns (status, head, body). The connection stays open.
+pub async fn h1_exchange<S>(s: &mut S, request: &str) -> (u16, String, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                return (status_of(&head), head, body);
+            }
+        }
+    }
+}
+
 /// Opens a TLS connection to `addr` with `sni` and ALPN `http/1.1`.
 pub async fn tls_connect(
     ca: &TestCa,
@@ -584,6 +666,7 @@ pub struct BinProxy {
     pub child: tokio::process::Child,
     pub https: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -608,7 +691,7 @@ impl BinProxy {
             .kill_on_drop(true);
         let mut child = cmd.spawn().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = oneshot::channel::<(SocketAddr, SocketAddr)>();
+        let (tx, rx) = oneshot::channel::<(SocketAddr, SocketAddr, SocketAddr)>();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = log.clone();
@@ -621,8 +704,9 @@ impl BinProxy {
                 if v["message"] == "trackproxy listening" {
                     let https = v["https"].as_str().unwrap().parse().unwrap();
                     let http = v["http"].as_str().unwrap().parse().unwrap();
+                    let admin = v["admin"].as_str().unwrap().parse().unwrap();
                     if let Some(tx) = tx.take() {
-                        let _ = tx.send((https, http));
+                        let _ = tx.send((https, http, admin));
                     }
                 }
                 lines.lock().unwrap().push(line);
@@ -636,7 +720,7 @@ impl BinProxy {
                 lines.lock().unwrap().push(line);
             }
         });
-        let (https, http) = tokio::time::timeout(Duration::from_secs(20), rx)
+        let (https, http, admin) = tokio::time::timeout(Duration::from_secs(20), rx)
             .await
             .unwrap_or_else(|_| panic!("trackproxy did not start: {:?}", log.lock().unwrap()))
             .unwrap_or_else(|_| panic!("trackproxy exited: {:?}", log.lock().unwrap()));
@@ -644,6 +728,7 @@ impl BinProxy {
             child,
             https,
             http,
+            admin,
             log,
         }
     }
@@ -674,6 +759,28 @@ impl BinProxy {
 
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The JSON log lines for which `pred` holds, once at least `n` of them have arrived
+    /// (the log is written asynchronously); panics after 10 s.
+    pub async fn wait_for_lines(
+        &self,
+        n: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        for _ in 0..1000 {
+            let found: Vec<serde_json::Value> = self
+                .log_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| pred(v))
+                .collect();
+            if found.len() >= n {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {n} matching log lines: {:#?}", self.log_lines());
     }
 }
 

@@ -1,0 +1,573 @@
+//! The access log and the per-request metrics: one `tracing` event per request, target
+//! `trackproxy::access`, message `request`, emitted when the response body is finished (or the
+//! client went away), inside the request's span so it carries the request id.
+//!
+//! Fields: `client`, `host`, `method`, `path`, `status`, `bytes` (response body), `duration_ms`
+//! (request head to end of body), `upstream_ms` (to the upstream's response head; absent for
+//! local answers), `version`, `tls` (absent on plain HTTP), `request_id`, `user_agent` (absent
+//! if none), `completed` (false when the client closed before the body was sent). The query
+//! string is left out unless `log.query = true`: tracking tokens identify recipients. A request
+//! whose client left before the response head is logged with status 499 (as nginx does).
+//!
+//! Metrics are recorded from the same facts at the same moments (one body wrapper, one clock
+//! read at each end): `trackproxy_requests_total` when the head is sent, the latency histograms
+//! when the body ends.
+//!
+//! Nothing is formatted or allocated for the log on the request path: the facts are kept as
+//! the (reference-counted) header values and URI the request already has, and formatted by the
+//! log writer only when the event is emitted.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Buf;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::Span;
+
+use super::request_id::RequestIdValue;
+use crate::proxy::UpstreamTiming;
+use crate::server::ConnInfo;
+use crate::telemetry::metrics::{HostHandle, Metrics};
+
+/// The `tracing` target of access log events (filter with `trackproxy::access=off`).
+pub const TARGET: &str = "trackproxy::access";
+
+/// Status logged and counted when the client went away before the response head.
+const CLIENT_CLOSED: u16 = 499;
+
+/// Layer of [`AccessLog`].
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    metrics: Metrics,
+    query: bool,
+}
+
+impl AccessLogLayer {
+    /// Logs requests and records them in `metrics`; `query`: whether the logged path keeps its
+    /// query string (`log.query`).
+    #[must_use]
+    pub fn new(metrics: Metrics, query: bool) -> Self {
+        AccessLogLayer { metrics, query }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+            query: self.query,
+        }
+    }
+}
+
+/// Logs each request once its response body is done, and records its metrics.
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    metrics: Metrics,
+    query: bool,
+}
+
+impl<S, B, ResB> Service<Request<B>> for AccessLog<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    ResB: Body,
+{
+    type Response = Response<LoggedBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let record = Record::new(&req, &self.metrics, self.query);
+        ResponseFuture {
+            inner: self.inner.call(req),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`AccessLog`]: notes the status, then hands the record to the body.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        // Dropped with the future if the client leaves first: then it logs status 499.
+        record: Option<Record>,
+    }
+}
+
+impl<F, ResB, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    ResB: Body,
+{
+    type Output = Result<Response<LoggedBody<ResB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let Some(mut record) = this.record.take() else {
+            // Polled after completion: a caller bug; answer like a failed request.
+            return Poll::Ready(res.map(|r| r.map(|inner| LoggedBody::unlogged(inner))));
+        };
+        Poll::Ready(match res {
+            Ok(res) => {
+                record.head(res.status(), res.extensions().get::<UpstreamTiming>());
+                // hyper never polls a body that is empty from the start (HEAD, 204, 304).
+                record.completed = res.body().is_end_stream();
+                Ok(res.map(|inner| LoggedBody {
+                    inner,
+                    record: Some(record),
+                }))
+            }
+            Err(e) => {
+                record.head(StatusCode::INTERNAL_SERVER_ERROR, None);
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that counts its bytes and logs the request when it is dropped (hyper
+    /// drops it right after the last frame, or when the client goes away).
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        record: Option<Record>,
+    }
+}
+
+impl<B> LoggedBody<B> {
+    /// A body that logs nothing.
+    fn unlogged(inner: B) -> Self {
+        LoggedBody {
+            inner,
+            record: None,
+        }
+    }
+}
+
+impl<B: Body> Body for LoggedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(record) = this.record.as_mut() {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(data) = f.data_ref() {
+                        record.bytes += data.remaining() as u64;
+                    }
+                    // hyper stops polling once the body says it has ended.
+                    record.completed = this.inner.is_end_stream();
+                }
+                None => record.completed = true,
+                Some(Err(_)) => {}
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What is known about one request; logged when dropped.
+struct Record {
+    start: Instant,
+    method: Method,
+    uri: Uri,
+    host_header: Option<HeaderValue>,
+    version: Version,
+    user_agent: Option<HeaderValue>,
+    client: Option<IpAddr>,
+    tls: Option<&'static str>,
+    request_id: Option<RequestIdValue>,
+    span: Span,
+    host: HostHandle,
+    query: bool,
+    status: Option<StatusCode>,
+    upstream: Option<Duration>,
+    bytes: u64,
+    completed: bool,
+}
+
+impl Record {
+    fn new<B>(req: &Request<B>, metrics: &Metrics, query: bool) -> Self {
+        let host_header = req.headers().get(header::HOST).cloned();
+        let host = request_host(req.uri(), host_header.as_ref());
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            metrics.host(&host.to_ascii_lowercase())
+        } else {
+            metrics.host(host)
+        };
+        let conn = req.extensions().get::<ConnInfo>();
+        Record {
+            start: Instant::now(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            host_header,
+            version: req.version(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            client: conn.map(|c| c.client.ip()),
+            tls: conn.and_then(|c| c.tls.as_ref()).map(|t| t.version),
+            request_id: req.extensions().get::<RequestIdValue>().cloned(),
+            span: Span::current(),
+            host,
+            query,
+            status: None,
+            upstream: None,
+            bytes: 0,
+            completed: false,
+        }
+    }
+
+    /// The response head is ready.
+    fn head(&mut self, status: StatusCode, upstream: Option<&UpstreamTiming>) {
+        self.status = Some(status);
+        self.upstream = upstream.map(|t| t.0);
+        self.host.request(&self.method, status);
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let duration = self.start.elapsed();
+        let status = if let Some(s) = self.status {
+            s.as_u16()
+        } else {
+            // The client left before the head: count it, or the requests counter would
+            // silently miss it.
+            let s = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
+            self.host.request(&self.method, s);
+            CLIENT_CLOSED
+        };
+        self.host.request_duration(duration);
+        if let Some(u) = self.upstream {
+            self.host.upstream_duration(u);
+        }
+        let path = if self.query {
+            self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+        } else {
+            self.uri.path()
+        };
+        let host = request_host(&self.uri, self.host_header.as_ref());
+        let user_agent = self.user_agent.as_ref().map(|v| lossy(v.as_bytes()));
+        let version = version_str(self.version);
+        let request_id = self.request_id.as_ref().map(RequestIdValue::as_str);
+        let upstream_ms = self.upstream.map(millis);
+        self.span.in_scope(|| {
+            tracing::info!(
+                target: TARGET,
+                client = self.client.map(tracing::field::display),
+                host,
+                method = self.method.as_str(),
+                path,
+                status,
+                bytes = self.bytes,
+                duration_ms = millis(duration),
+                upstream_ms,
+                version,
+                tls = self.tls,
+                request_id,
+                user_agent = user_agent.as_deref(),
+                completed = self.completed,
+                "request"
+            );
+        });
+    }
+}
+
+/// The host a request is for, without a port: the URI's (HTTP/2 `:authority`, absolute-form),
+/// else the `Host` header. Empty if neither is usable.
+fn request_host<'a>(uri: &'a Uri, host_header: Option<&'a HeaderValue>) -> &'a str {
+    if let Some(h) = uri.host() {
+        return h;
+    }
+    let Some(raw) = host_header.and_then(|v| v.to_str().ok()) else {
+        return "";
+    };
+    strip_port(raw)
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        // IPv6 literal: `[::1]:8443` → `[::1]`.
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+fn lossy(b: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(b)
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::io;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use tower::{ServiceBuilder, ServiceExt};
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+    use crate::middleware::request_id::RequestIdLayer;
+    use crate::server::TlsInfo;
+    use crate::telemetry::metrics::Snapshot;
+
+    /// Collects what the JSON formatter writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    fn subscriber(out: &Captured) -> impl tracing::Subscriber + Send + Sync + use<> {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(out.clone())
+            .finish()
+    }
+
+    fn request(uri: &str, ua: Option<&str>) -> Request<()> {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("host", "URL1.example.com:8443");
+        if let Some(ua) = ua {
+            b = b.header("user-agent", ua);
+        }
+        let mut r = b.body(()).unwrap();
+        let addr: SocketAddr = "192.0.2.9:5555".parse().unwrap();
+        r.extensions_mut().insert(ConnInfo {
+            client: addr,
+            peer: addr,
+            local: "127.0.0.1:443".parse().unwrap(),
+            tls: Some(TlsInfo {
+                sni: Arc::from("url1.example.com"),
+                version: "TLSv1.3",
+                resumed: false,
+            }),
+        });
+        r
+    }
+
+    async fn stub(_req: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let mut res = Response::new(Full::new(Bytes::from_static(b"hello world")));
+        *res.status_mut() = StatusCode::FOUND;
+        res.extensions_mut()
+            .insert(UpstreamTiming(Duration::from_millis(7)));
+        Ok(res)
+    }
+
+    #[tokio::test]
+    async fn one_line_per_request_with_every_field_after_the_body() {
+        let out = Captured::default();
+        let _guard = tracing::subscriber::set_default(subscriber(&out));
+        let metrics = Metrics::new(["url1.example.com"]);
+        let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer::new())
+            .layer(AccessLogLayer::new(metrics.clone(), false))
+            .service_fn(stub);
+        let res = svc
+            .oneshot(request(
+                "/ls/click?upn=secret-token",
+                Some("Mozilla/5.0 (X)"),
+            ))
+            .await
+            .unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert!(
+            out.lines().is_empty(),
+            "nothing logged before the body is done"
+        );
+        // Counted when the head is ready.
+        let text = metrics.render(&Snapshot::default());
+        assert!(
+            text.contains(
+                r#"trackproxy_requests_total{host="url1.example.com",method="POST",status="3xx"} 1"#
+            ),
+            "{text}"
+        );
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello world");
+        let lines = out.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let l = &lines[0];
+        assert_eq!(l["target"], TARGET);
+        assert_eq!(l["message"], "request");
+        assert_eq!(l["client"], "192.0.2.9");
+        assert_eq!(l["host"], "URL1.example.com");
+        assert_eq!(l["method"], "POST");
+        assert_eq!(l["path"], "/ls/click", "no query by default");
+        assert_eq!(l["status"], 302);
+        assert_eq!(l["bytes"], 11);
+        assert!(l["duration_ms"].as_f64().unwrap() >= 0.0);
+        assert_eq!(l["upstream_ms"], 7.0);
+        assert_eq!(l["version"], "HTTP/1.1");
+        assert_eq!(l["tls"], "TLSv1.3");
+        assert_eq!(l["request_id"], id.as_str());
+        assert_eq!(l["span"]["request_id"], id.as_str());
+        assert_eq!(l["user_agent"], "Mozilla/5.0 (X)");
+        assert_eq!(l["completed"], true);
+        assert!(l["timestamp"].is_string());
+        assert!(!l.to_string().contains("secret-token"));
+        metrics.upkeep();
+        let text = metrics.render(&Snapshot::default());
+        assert!(
+            text.contains(
+                r#"trackproxy_upstream_duration_seconds_count{host="url1.example.com"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn query_is_logged_only_when_enabled_and_absent_fields_are_left_out() {
+        let out = Captured::default();
+        let _guard = tracing::subscriber::set_default(subscriber(&out));
+        let svc = ServiceBuilder::new()
+            .layer(AccessLogLayer::new(
+                Metrics::new(["url1.example.com"]),
+                true,
+            ))
+            .service_fn(|_req: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            });
+        let res = svc
+            .oneshot(request("/wf/open?upn=tok%2Fen", None))
+            .await
+            .unwrap();
+        drop(res);
+        let l = &out.lines()[0];
+        assert_eq!(l["path"], "/wf/open?upn=tok%2Fen");
+        assert!(l.get("upstream_ms").is_none(), "{l}");
+        assert!(l.get("user_agent").is_none(), "{l}");
+        assert_eq!(l["bytes"], 0);
+        assert_eq!(l["completed"], true, "an empty body is complete unpolled");
+    }
+
+    #[tokio::test]
+    async fn a_client_leaving_early_is_logged_and_counted() {
+        let out = Captured::default();
+        let _guard = tracing::subscriber::set_default(subscriber(&out));
+        let metrics = Metrics::new(["url1.example.com"]);
+        // Before the head: the future is dropped.
+        let mut svc = ServiceBuilder::new()
+            .layer(AccessLogLayer::new(metrics.clone(), false))
+            .service_fn(|_req: Request<()>| async {
+                std::future::pending::<()>().await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            });
+        let fut = svc.call(request("/wf/click", None));
+        drop(fut);
+        // After the head, before the body: the body is dropped unread.
+        let res = ServiceBuilder::new()
+            .layer(AccessLogLayer::new(metrics.clone(), false))
+            .service_fn(stub)
+            .oneshot(request("/ls/click", None))
+            .await
+            .unwrap();
+        drop(res);
+        let lines = out.lines();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["status"], 499);
+        assert_eq!(lines[0]["completed"], false);
+        assert_eq!(lines[1]["status"], 302);
+        assert_eq!(lines[1]["completed"], false);
+        assert_eq!(lines[1]["bytes"], 0);
+        let text = metrics.render(&Snapshot::default());
+        assert!(
+            text.contains(
+                r#"trackproxy_requests_total{host="url1.example.com",method="POST",status="4xx"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hosts_without_ports() {
+        assert_eq!(strip_port("a.example:8443"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+        let uri: Uri = "https://b.example:9/x".parse().unwrap();
+        assert_eq!(request_host(&uri, None), "b.example");
+    }
+}
