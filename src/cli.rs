@@ -1,13 +1,15 @@
-//! The command line: `trackproxy serve`, `trackproxy check-config`.
+//! The command line: `trackproxy serve`, `trackproxy check-config`, `trackproxy certs`.
 //!
 //! Doc comments here are the `--help` text users read, so they are plain prose.
 #![allow(clippy::doc_markdown)]
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Source;
+use crate::config::{Config, Source};
+use crate::tls::{self, HostCertificate};
 
 /// Self-hosted HTTPS proxy for email click- and open-tracking link hosts.
 ///
@@ -29,6 +31,9 @@ pub enum Command {
     Serve(ConfigArg),
     /// Validate a configuration (and its certificate files) and exit: 0 if valid, 64 if not.
     CheckConfig(ConfigArg),
+    /// List every host with its certificate: source (file, acme, self-signed, missing), issuer,
+    /// expiry and days left. Reads the certificate files and the ACME cache; starts nothing.
+    Certs(ConfigArg),
 }
 
 /// The `--config` option shared by subcommands.
@@ -51,3 +56,57 @@ impl ConfigArg {
 
 /// Exit code for configuration errors (`EX_USAGE` of sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
+
+/// The `trackproxy certs` table for `cfg`: one line per host, aligned columns.
+#[must_use]
+pub fn certs_table(cfg: &Config) -> String {
+    let rows: Vec<[String; 6]> = tls::inventory(cfg)
+        .into_iter()
+        .map(
+            |HostCertificate {
+                 host,
+                 source,
+                 cert,
+                 note,
+             }| {
+                let (issuer, not_after, days) = match cert {
+                    Some(c) => (
+                        c.issuer,
+                        humantime::format_rfc3339_seconds(c.not_after).to_string(),
+                        tls::days_left(c.not_after).to_string(),
+                    ),
+                    None => ("-".into(), "-".into(), "-".into()),
+                };
+                [
+                    host,
+                    source,
+                    issuer,
+                    not_after,
+                    days,
+                    note.unwrap_or_default(),
+                ]
+            },
+        )
+        .collect();
+    let header = ["HOST", "SOURCE", "ISSUER", "NOT AFTER", "DAYS LEFT", "NOTE"].map(String::from);
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (w, cell)) in widths.iter().zip(row).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

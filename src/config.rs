@@ -147,6 +147,45 @@ pub struct TlsConfig {
     pub self_signed: bool,
     /// PEM certificate files.
     pub certificates: Vec<CertificateFiles>,
+    /// `[tls.acme]`: certificates over ACME for hosts no file certificate covers.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[tls.acme]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The CA's ACME directory URL (`https://…`).
+    pub directory: String,
+    /// Account contacts, each `mailto:…`.
+    pub contact: Vec<String>,
+    /// Where the account key, certificates and back-off records are kept.
+    pub cache_dir: PathBuf,
+    /// How the CA validates that we control a host.
+    pub challenge: AcmeChallenge,
+    /// Extra PEM roots trusted for the directory's HTTPS (Pebble, step-ca, a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Wait after the first failed attempt for a host; doubled after each further failure.
+    pub backoff_initial: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+}
+
+/// ACME challenge type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 (RFC 8737) on the HTTPS listener.
+    TlsAlpn01,
+    /// HTTP-01 (RFC 8555 §8.3) on the plain-HTTP listener.
+    Http01,
+}
+
+impl fmt::Display for AcmeChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        })
+    }
 }
 
 /// One `[[tls.certificates]]` entry.
@@ -675,11 +714,90 @@ impl Reader {
                 });
             }
         }
-        self.finish(t, &["self_signed", "certificates"]);
+        let acme = t
+            .map
+            .contains_key("acme")
+            .then(|| self.acme(&mut t))
+            .flatten();
+        self.finish(t, &["self_signed", "certificates", "acme"]);
         TlsConfig {
             self_signed,
             certificates,
+            acme,
         }
+    }
+
+    fn acme(&mut self, tls: &mut Table) -> Option<AcmeConfig> {
+        let mut t = self.table(tls, "acme");
+        let before = self.problems.len();
+        let directory = self.get(&mut t, "directory", acme_directory);
+        let contact = self
+            .get(&mut t, "contact", |v| list(v, mailto))
+            .unwrap_or_default();
+        let cache_dir = self.get(&mut t, "cache_dir", path);
+        let challenge = self
+            .get(&mut t, "challenge", |v| {
+                one_of(
+                    v,
+                    &[
+                        ("tls-alpn-01", AcmeChallenge::TlsAlpn01),
+                        ("http-01", AcmeChallenge::Http01),
+                    ],
+                )
+            })
+            .unwrap_or(AcmeChallenge::TlsAlpn01);
+        let ca_file = self.get(&mut t, "ca_file", readable_file);
+        let backoff_initial = self
+            .get(&mut t, "backoff_initial", positive_duration)
+            .unwrap_or(Duration::from_secs(10 * 60));
+        let backoff_max = self
+            .get(&mut t, "backoff_max", positive_duration)
+            .unwrap_or(Duration::from_secs(24 * 60 * 60));
+        for (name, missing, what) in [
+            (
+                "directory",
+                directory.is_none(),
+                "the CA's ACME directory URL, e.g. Let's Encrypt \
+                 \"https://acme-v02.api.letsencrypt.org/directory\" (production) or \
+                 \"https://acme-staging-v02.api.letsencrypt.org/directory\" (staging)",
+            ),
+            (
+                "cache_dir",
+                cache_dir.is_none(),
+                "a directory for the account key and certificates, e.g. \
+                 \"/var/lib/trackproxy/acme\"",
+            ),
+        ] {
+            let key = t.key(name);
+            if missing && !self.problems[before..].iter().any(|p| p.key == key) {
+                self.problem(None, &key, format!("required: {what}"));
+            }
+        }
+        if backoff_max < backoff_initial {
+            let key = t.key("backoff_max");
+            self.problem(None, &key, "must not be shorter than backoff_initial");
+        }
+        self.finish(
+            t,
+            &[
+                "directory",
+                "contact",
+                "cache_dir",
+                "challenge",
+                "ca_file",
+                "backoff_initial",
+                "backoff_max",
+            ],
+        );
+        Some(AcmeConfig {
+            directory: directory?,
+            contact,
+            cache_dir: cache_dir?,
+            challenge,
+            ca_file,
+            backoff_initial,
+            backoff_max,
+        })
     }
 
     fn admin(&mut self, root: &mut Table) -> AdminConfig {
@@ -863,6 +981,36 @@ fn readable_file(v: &Value) -> Result<PathBuf, String> {
     let p = path(v)?;
     std::fs::File::open(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     Ok(p)
+}
+
+/// An ACME directory URL: `https://` with a host (plain `http://` only for loopback tests is
+/// not allowed either: the account key signs every request, but the directory must be trusted).
+fn acme_directory(v: &Value) -> Result<String, String> {
+    let s = string(v)?;
+    let s = s.trim();
+    let uri: http::Uri = s.parse().map_err(|e| {
+        format!(
+            "expected a URL such as \"https://acme-v02.api.letsencrypt.org/directory\", \
+             found {s:?} ({e})"
+        )
+    })?;
+    if uri.scheme() != Some(&Scheme::HTTPS) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "the directory URL must start with https:// and name a host, found {s:?}"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// An ACME account contact: `mailto:` and an address.
+fn mailto(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s.strip_prefix("mailto:") {
+        Some(addr) if addr.contains('@') && !addr.contains(char::is_whitespace) => Ok(s.to_owned()),
+        _ => Err(format!(
+            "expected a contact such as \"mailto:ops@example.com\", found {s:?}"
+        )),
+    }
 }
 
 fn upstream_url(v: &Value) -> Result<UpstreamUrl, String> {

@@ -13,6 +13,16 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Certs(args) => {
+            telemetry::init_cli();
+            load(&args).map_or_else(
+                |code| code,
+                |cfg| {
+                    print!("{}", trackproxy::cli::certs_table(&cfg));
+                    ExitCode::SUCCESS
+                },
+            )
+        }
     }
 }
 
@@ -37,6 +47,11 @@ fn check_config(args: &ConfigArg) -> ExitCode {
                     "  {host}: certificate from {} (issuer {})",
                     c.source, c.issuer
                 );
+            }
+            for host in app.acme_hosts() {
+                if !app.certificates().iter().any(|(h, _)| *h == host) {
+                    println!("  {host}: certificate to be ordered over ACME");
+                }
             }
             ExitCode::SUCCESS
         }
@@ -72,7 +87,11 @@ fn serve(args: &ConfigArg) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         let listeners = Listeners::bind(&cfg.server).await?;
-        trackproxy::serve(app, listeners, shutdown::signal()).await?;
+        let reloads = shutdown::reload_on_sighup(args.source(), app.reloader());
+        tokio::select! {
+            r = trackproxy::serve(app, listeners, shutdown::signal()) => r?,
+            () = reloads => {}
+        }
         Ok(())
     });
     match result {

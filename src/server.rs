@@ -2,7 +2,8 @@
 //! idle and handshake timeouts, and graceful drain.
 //!
 //! Per connection, in order: TLS handshake under `server.handshake_timeout` (the SNI is checked
-//! against the configured hosts; unknown or missing SNI fails the handshake) → hyper-util's
+//! against the configured hosts; unknown or missing SNI fails the handshake; an ACME
+//! TLS-ALPN-01 validation gets its challenge certificate and is closed) → hyper-util's
 //! auto server (HTTP/1.1 or HTTP/2 by ALPN / preface) with header size, header count and
 //! header-read limits → the tower stack from [`crate::middleware`]. A connection with no bytes
 //! moving for `server.idle_timeout` is shut down gracefully. Nothing read from the network can
@@ -233,10 +234,36 @@ async fn serve_tls(
     let sni: Option<Arc<str>> = hello
         .server_name()
         .map(|s| Arc::from(s.to_ascii_lowercase()));
+    // RFC 8737: a CA validating TLS-ALPN-01 offers only `acme-tls/1`; it gets the challenge
+    // certificate of the order running for that host, and the connection ends after the
+    // handshake. No order running (or not an ACME host): refused.
+    if rustls_acme::is_tls_alpn_challenge(&hello) {
+        let challenge = sni
+            .as_deref()
+            .and_then(|n| server.resolver.challenge_config(n));
+        let Some(config) = challenge else {
+            debug!(failure = "acme_challenge_unexpected", sni = ?sni, "TLS handshake rejected");
+            return;
+        };
+        match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
+            Ok(Ok(mut tls)) => {
+                info!(sni = ?sni, "answered an ACME TLS-ALPN-01 challenge");
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            }
+            Ok(Err(e)) => debug!(failure = "acme_challenge", error = %e, "TLS handshake failed"),
+            Err(_) => debug!(failure = "handshake_timeout", "TLS handshake failed"),
+        }
+        return;
+    }
     match &sni {
         None => debug!(failure = "no_sni", "TLS handshake rejected"),
         Some(name) if !server.resolver.knows(name) => {
-            debug!(failure = "unknown_sni", sni = %name, "TLS handshake rejected");
+            let failure = if server.resolver.acme_host(name).is_some() {
+                "certificate_pending"
+            } else {
+                "unknown_sni"
+            };
+            debug!(failure, sni = %name, "TLS handshake rejected");
         }
         Some(_) => {}
     }
