@@ -983,8 +983,7 @@ fn readable_file(v: &Value) -> Result<PathBuf, String> {
     Ok(p)
 }
 
-/// An ACME directory URL: `https://` with a host (plain `http://` only for loopback tests is
-/// not allowed either: the account key signs every request, but the directory must be trusted).
+/// An ACME directory URL: `https://` with a host (RFC 8555 §6.1 requires HTTPS).
 fn acme_directory(v: &Value) -> Result<String, String> {
     let s = string(v)?;
     let s = s.trim();
@@ -1176,5 +1175,81 @@ mod tests {
         assert_eq!(normalize_host_name("a.example:443"), None);
         assert_eq!(normalize_host_name("-a.example"), None);
         assert_eq!(normalize_host_name(""), None);
+    }
+
+    #[test]
+    fn acme_section_with_defaults_and_env_override() {
+        let toml = r#"
+            [[hosts]]
+            name = "url1.example.com"
+            [tls.acme]
+            directory = "https://acme-staging-v02.api.letsencrypt.org/directory"
+            contact = ["mailto:ops@example.com"]
+            cache_dir = "/var/lib/trackproxy/acme"
+            "#;
+        let a = text(toml).unwrap().tls.acme.unwrap();
+        assert_eq!(
+            a.directory,
+            "https://acme-staging-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(a.contact, ["mailto:ops@example.com"]);
+        assert_eq!(a.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(a.backoff_initial, Duration::from_secs(600));
+        assert_eq!(a.backoff_max, Duration::from_secs(86_400));
+        assert!(a.ca_file.is_none());
+        assert!(
+            text("[[hosts]]\nname = \"a.example\"\n")
+                .unwrap()
+                .tls
+                .acme
+                .is_none()
+        );
+
+        let mut env = Map::new();
+        env.insert(
+            "TRACKPROXY__TLS__ACME__CACHE_DIR".to_owned(),
+            "/tmp/acme".to_owned(),
+        );
+        env.insert(
+            "TRACKPROXY__TLS__ACME__CHALLENGE".to_owned(),
+            "http-01".to_owned(),
+        );
+        let label = "test.toml";
+        let cfg = load_with_env(&Source::Text { label, toml }, Some(env)).unwrap();
+        let a = cfg.tls.acme.unwrap();
+        assert_eq!(a.cache_dir, PathBuf::from("/tmp/acme"));
+        assert_eq!(a.challenge, AcmeChallenge::Http01);
+    }
+
+    #[test]
+    fn acme_problems_are_all_reported() {
+        let err = text(
+            r#"
+            [[hosts]]
+            name = "url1.example.com"
+            [tls.acme]
+            directory = "http://acme.example/directory"
+            contact = ["ops@example.com"]
+            challenge = "dns-01"
+            backoff_initial = "2h"
+            backoff_max = "1h"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tls.acme.directory",
+                "tls.acme.contact",
+                "tls.acme.challenge",
+                "tls.acme.cache_dir",
+                "tls.acme.backoff_max",
+            ]
+        );
+        let err = text("[[hosts]]\nname = \"a.example\"\n[tls.acme]\n").unwrap_err();
+        assert!(err.to_string().contains("acme-staging-v02"), "{err}");
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["tls.acme.directory", "tls.acme.cache_dir"]);
     }
 }

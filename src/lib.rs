@@ -370,7 +370,8 @@ fn reload(
             }
             error!(
                 problems = problems.len(),
-                "configuration reload rejected; the running configuration stays"
+                running = "unchanged",
+                "configuration reload rejected"
             );
             return Err(config::Errors(problems));
         }

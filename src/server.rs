@@ -242,12 +242,19 @@ async fn serve_tls(
             .as_deref()
             .and_then(|n| server.resolver.challenge_config(n));
         let Some(config) = challenge else {
-            debug!(failure = "acme_challenge_unexpected", sni = ?sni, "TLS handshake rejected");
+            debug!(
+                failure = "acme_challenge_unexpected",
+                sni = sni.as_deref().unwrap_or(""),
+                "TLS handshake rejected"
+            );
             return;
         };
         match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
             Ok(Ok(mut tls)) => {
-                info!(sni = ?sni, "answered an ACME TLS-ALPN-01 challenge");
+                info!(
+                    sni = sni.as_deref().unwrap_or(""),
+                    "answered an ACME TLS-ALPN-01 challenge"
+                );
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             }
             Ok(Err(e)) => debug!(failure = "acme_challenge", error = %e, "TLS handshake failed"),

@@ -64,7 +64,8 @@ pub fn reload_on_sighup(source: Source<'_>, reloader: Reloader) -> impl Future<O
                     }
                     error!(
                         problems = errors.0.len(),
-                        "configuration reload rejected; the running configuration stays"
+                        running = "unchanged",
+                        "configuration reload rejected"
                     );
                     continue;
                 }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::pedantic)]
 
+pub mod pebble;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -348,8 +350,31 @@ async fn upstream_response(target: &str, body_len: u64) -> Response<Full<Bytes>>
 pub struct Proxy {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    /// Which hosts have a certificate, and each ACME host's status.
+    pub resolver: Arc<trackproxy::tls::SniResolver>,
+    /// Applies a new configuration (what SIGHUP does in the binary).
+    pub reloader: trackproxy::Reloader,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), trackproxy::Error>>>,
+}
+
+/// Parses test TOML (no environment overrides).
+pub fn config(toml: &str) -> Result<trackproxy::config::Config, trackproxy::config::Errors> {
+    trackproxy::config::load_with_env(
+        &trackproxy::config::Source::Text {
+            label: "test.toml",
+            toml,
+        },
+        Some(Default::default()),
+    )
+}
+
+/// Listeners on ephemeral loopback ports.
+pub async fn bind_listeners() -> trackproxy::server::Listeners {
+    trackproxy::server::Listeners {
+        https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    }
 }
 
 impl Proxy {
@@ -359,20 +384,24 @@ impl Proxy {
     }
 
     pub async fn try_start(toml: &str) -> Result<Self, trackproxy::config::Errors> {
-        let cfg = trackproxy::config::load_with_env(
-            &trackproxy::config::Source::Text {
-                label: "test.toml",
-                toml,
-            },
-            Some(Default::default()),
-        )?;
+        Self::try_start_on(bind_listeners().await, toml)
+    }
+
+    /// Starts the proxy on listeners bound beforehand (so Pebble can be told their ports).
+    pub fn start_on(listeners: trackproxy::server::Listeners, toml: &str) -> Self {
+        Self::try_start_on(listeners, toml).unwrap()
+    }
+
+    pub fn try_start_on(
+        listeners: trackproxy::server::Listeners,
+        toml: &str,
+    ) -> Result<Self, trackproxy::config::Errors> {
+        let cfg = config(toml)?;
         let app = trackproxy::App::build(&cfg)?;
-        let listeners = trackproxy::server::Listeners {
-            https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
         let https = listeners.https.local_addr().unwrap();
         let http = listeners.http.local_addr().unwrap();
+        let resolver = app.resolver();
+        let reloader = app.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(trackproxy::serve(app, listeners, async {
             let _ = rx.await;
@@ -380,9 +409,16 @@ impl Proxy {
         Ok(Proxy {
             https,
             http,
+            resolver,
+            reloader,
             shutdown: Some(tx),
             task: Some(task),
         })
+    }
+
+    /// Applies new TOML to the running proxy.
+    pub async fn reload(&self, toml: &str) -> Result<(), trackproxy::ReloadError> {
+        self.reloader.reload(config(toml)?).await
     }
 
     /// Sends the shutdown signal (like SIGTERM).
