@@ -471,7 +471,7 @@ async fn an_unwritable_cache_dir_is_a_clear_configuration_error() {
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
     if std::fs::write(ro.join("probe"), "x").is_err() {
-        let toml = toml.replace(&*cache.to_string_lossy(), &*ro.to_string_lossy());
+        let toml = toml.replace(&*cache.to_string_lossy(), &ro.to_string_lossy());
         let err = Proxy::try_start(&toml)
             .await
             .err()

@@ -164,10 +164,10 @@ impl Pebble {
         tokio::spawn(async move {
             let mut r = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = r.next_line().await {
-                if line.contains("ACME directory available") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
+                if line.contains("ACME directory available")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
                 }
                 lines.lock().unwrap().push(line);
             }
