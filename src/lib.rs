@@ -9,7 +9,8 @@
 //!
 //! - [`config`]: TOML + environment → validated [`config::Config`]; every problem with its key.
 //! - [`server`]: listeners, accept loops, TLS handshakes, HTTP/1.1 + HTTP/2, idle timeouts.
-//! - [`tls`]: rustls server configuration, SNI resolver, file and self-signed certificates.
+//! - [`tls`]: rustls server configuration, SNI resolver, file and self-signed certificates,
+//!   certificates over ACME (one order and cache entry per host).
 //! - [`middleware`]: the tower stack, ordered in one place.
 //! - [`proxy`]: routing by host and the forwarder to the upstream.
 //! - [`error`]: request errors and their statuses.
@@ -37,7 +38,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{Config, Problem};
 use crate::proxy::{Forward, ForwardSettings};
@@ -366,9 +367,9 @@ fn reload(
         Ok(c) => c,
         Err(problems) => {
             for p in &problems {
-                error!(key = %p.key, origin = %p.origin, problem = %p.message, "configuration problem");
+                tracing::error!(key = %p.key, origin = %p.origin, problem = %p.message, "configuration problem");
             }
-            error!(
+            tracing::error!(
                 problems = problems.len(),
                 running = "unchanged",
                 "configuration reload rejected"

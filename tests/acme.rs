@@ -311,8 +311,11 @@ async fn a_failed_renewal_keeps_serving_the_cached_certificate() {
     // A cached certificate two thirds through its life: due for renewal.
     let (chain, key) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -70, 20);
     std::fs::write(dir.join(format!("{A}.pem")), format!("{key}\n{chain}")).unwrap();
+    // An expired one is not served (and does not count as ready).
+    let (chain, key) = s.ca.issue_with(&[B], KeyAlg::EcdsaP256, -100, -10);
+    std::fs::write(dir.join(format!("{B}.pem")), format!("{key}\n{chain}")).unwrap();
     let toml = toml_with(
-        &[A],
+        &[A, B],
         &s.upstream.url,
         &s.ca.ca_file,
         &[],
@@ -323,10 +326,12 @@ async fn a_failed_renewal_keeps_serving_the_cached_certificate() {
     );
     let proxy = Proxy::start(&toml).await;
     assert!(proxy.resolver.knows(A));
+    assert!(!proxy.resolver.knows(B));
     wait_until("the failed renewal", Duration::from_secs(20), || {
-        acme_status(&proxy, A).failures == 1
+        acme_status(&proxy, A).failures == 1 && acme_status(&proxy, B).failures == 1
     })
     .await;
+    assert!(common::tls_connect(&s.ca, proxy.https, B).await.is_err());
     // Still served, over the cached certificate.
     let raw = common::raw_tls(
         &s.ca,

@@ -2,7 +2,7 @@
 //! entry per host, so adding a host orders only that host and a host that fails blocks nobody.
 //!
 //! Each ACME host has an [`AcmeHost`] (the certificate it serves, its challenge while an order
-//! runs, its status) shared by the [`SniResolver`](super::SniResolver), the forwarder (HTTP-01)
+//! runs, its status) shared by the [`SniResolver`], the forwarder (HTTP-01)
 //! and the host's task. The task decides *when* to order; rustls-acme's `AcmeState` runs one
 //! order at a time and is dropped afterwards:
 //!
@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use rustls::crypto::CryptoProvider;
@@ -440,10 +440,15 @@ impl AcmeHost {
         }
     }
 
-    /// The certificate to serve, if one was issued or cached.
+    /// The certificate to serve, if one was issued or cached and has not expired (an expired
+    /// one would fail every client anyway, and must not count as ready).
     #[must_use]
     pub fn certified_key(&self) -> Option<Arc<CertifiedKey>> {
-        self.served.load().as_ref().map(|s| s.key.clone())
+        self.served
+            .load()
+            .as_ref()
+            .filter(|s| s.info.not_after > SystemTime::now())
+            .map(|s| s.key.clone())
     }
 
     /// Facts about the certificate served.
@@ -969,9 +974,6 @@ impl Manager {
         }
     }
 }
-
-/// Host name → ACME state, swapped whole by [`Manager::apply`].
-pub type AcmeHosts = ArcSwap<HashMap<String, Arc<AcmeHost>>>;
 
 #[cfg(test)]
 mod tests {

@@ -191,15 +191,19 @@ impl Pebble {
             dns,
             log,
         };
-        // The DNS server answers once its management interface does.
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", p.plan.dns_management))
-                .await
-                .is_ok()
-            {
-                break;
+        // Ready when its API, its management interface and the DNS server's management
+        // interface accept connections (the log line can come before the sockets).
+        for port in [p.plan.listen, p.plan.management, p.plan.dns_management] {
+            let mut tries = 0;
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tries += 1;
+                assert!(
+                    tries < 200,
+                    "port {port} of pebble not ready: {:?}",
+                    p.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         p
     }
