@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::App;
 use crate::config::{Config, Source};
 use crate::tls::{self, HostCertificate};
 
@@ -107,6 +108,26 @@ pub fn certs_table(cfg: &Config) -> String {
         }
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    out
+}
+
+/// What `trackproxy check-config` prints for a valid configuration: each host and where its
+/// certificate comes from.
+#[must_use]
+pub fn check_report(app: &App) -> String {
+    let mut out = format!("{}: configuration is valid\n", app.config().origin);
+    for (host, c) in app.certificates() {
+        let _ = writeln!(
+            out,
+            "  {host}: certificate from {} (issuer {})",
+            c.source, c.issuer
+        );
+    }
+    for host in app.acme_hosts() {
+        if !app.certificates().iter().any(|(h, _)| *h == host) {
+            let _ = writeln!(out, "  {host}: certificate to be ordered over ACME");
+        }
     }
     out
 }

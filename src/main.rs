@@ -41,18 +41,7 @@ fn check_config(args: &ConfigArg) -> ExitCode {
     };
     match App::build(&cfg) {
         Ok(app) => {
-            println!("{}: configuration is valid", cfg.origin);
-            for (host, c) in app.certificates() {
-                println!(
-                    "  {host}: certificate from {} (issuer {})",
-                    c.source, c.issuer
-                );
-            }
-            for host in app.acme_hosts() {
-                if !app.certificates().iter().any(|(h, _)| *h == host) {
-                    println!("  {host}: certificate to be ordered over ACME");
-                }
-            }
+            print!("{}", trackproxy::cli::check_report(&app));
             ExitCode::SUCCESS
         }
         Err(e) => {

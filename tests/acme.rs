@@ -349,6 +349,45 @@ async fn a_failed_renewal_keeps_serving_the_cached_certificate() {
 }
 
 #[tokio::test]
+async fn a_certificate_due_for_renewal_is_renewed_and_swapped_in() {
+    let s = Setup::new().await;
+    let plan = PebblePlan::new();
+    let cache = tempfile::tempdir().unwrap();
+    // A cached certificate (from another CA) two thirds through its life.
+    let dir = slug_dir(cache.path(), &plan);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (chain, key) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -70, 20);
+    std::fs::write(dir.join(format!("{A}.pem")), format!("{key}\n{chain}")).unwrap();
+    let toml = config(&s, &plan, cache.path(), &[A], "");
+    let listeners = bind_listeners().await;
+    let https = listeners.https.local_addr().unwrap();
+    let pebble = Pebble::start(
+        plan,
+        https.port(),
+        listeners.http.local_addr().unwrap().port(),
+    )
+    .await;
+    let proxy = Proxy::start_on(listeners, &toml);
+    // Served from the cache at once, then replaced by the renewal without a restart.
+    assert!(proxy.resolver.knows(A));
+    let root = pebble.root_pem().await;
+    let deadline = tokio::time::Instant::now() + ISSUE;
+    while served_certificate(&root, https, A).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "not renewed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let info = proxy.resolver.acme_host(A).unwrap().certificate().unwrap();
+    assert!(info.issuer.contains("Pebble"), "{}", info.issuer);
+    assert_eq!(pebble.orders(), 1);
+    let cached = std::fs::read_to_string(dir.join(format!("{A}.pem"))).unwrap();
+    assert!(
+        !cached.contains(chain.lines().nth(1).unwrap()),
+        "the cache holds the new one"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
     let s = Setup::new().await;
     let plan = PebblePlan::new();
