@@ -127,8 +127,8 @@ impl Readiness {
 pub struct AdminState {
     /// Start/drain state.
     pub health: Arc<Health>,
-    /// The configured hosts (each needs a certificate to be ready).
-    pub hosts: Vec<String>,
+    /// The configured hosts (each needs a certificate to be ready); replaced on reload.
+    pub hosts: arc_swap::ArcSwap<Vec<String>>,
     /// Where certificates are looked up.
     pub resolver: Arc<SniResolver>,
     /// This proxy's metrics.
@@ -161,7 +161,9 @@ impl AdminState {
         }
         match req.uri().path() {
             "/healthz" => respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n"),
-            "/readyz" => Readiness::check(&self.health, &self.hosts, &self.resolver).response(),
+            "/readyz" => {
+                Readiness::check(&self.health, &self.hosts.load(), &self.resolver).response()
+            }
             "/metrics" => {
                 let text = self.metrics.render(&(self.snapshot)());
                 respond(StatusCode::OK, PROMETHEUS_TEXT, text)
@@ -271,7 +273,7 @@ mod tests {
         }
         AdminState {
             health: Arc::new(Health::default()),
-            hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            hosts: arc_swap::ArcSwap::from_pointee(hosts.iter().map(|h| (*h).to_owned()).collect()),
             resolver: Arc::new(SniResolver::new(certs)),
             metrics: Metrics::new(hosts.iter().copied()),
             snapshot: Box::new(Snapshot::default),

@@ -1,8 +1,9 @@
-//! The command line: `trackproxy serve`, `trackproxy check-config`, `trackproxy doctor`.
+//! The command line: `trackproxy serve`, `check-config`, `certs`, `probe`, `doctor`.
 //!
 //! Doc comments here are the `--help` text users read, so they are plain prose.
 #![allow(clippy::doc_markdown, rustdoc::bare_urls)]
 
+use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Source;
+use crate::App;
+use crate::config::{Config, Source};
+use crate::tls::{self, HostCertificate};
 
 /// Self-hosted HTTPS proxy for email click- and open-tracking link hosts.
 ///
@@ -39,6 +42,9 @@ pub enum Command {
     /// certificate, click path, the website's HSTS, CAA and the upstream. Exit 0 when no check
     /// failed, 1 when one did, 64 on a configuration or usage error.
     Doctor(Box<DoctorArgs>),
+    /// List every host with its certificate: source (file, acme, self-signed, missing), issuer,
+    /// expiry and days left. Reads the certificate files and the ACME cache; starts nothing.
+    Certs(ConfigArg),
 }
 
 /// Options of `trackproxy probe`.
@@ -158,4 +164,78 @@ pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u16>
                 format!("not an HTTP answer: {line:?}"),
             )
         })
+}
+
+/// The `trackproxy certs` table for `cfg`: one line per host, aligned columns.
+#[must_use]
+pub fn certs_table(cfg: &Config) -> String {
+    let rows: Vec<[String; 6]> = tls::inventory(cfg)
+        .into_iter()
+        .map(
+            |HostCertificate {
+                 host,
+                 source,
+                 cert,
+                 note,
+             }| {
+                let (issuer, not_after, days) = match cert {
+                    Some(c) => (
+                        c.issuer,
+                        humantime::format_rfc3339_seconds(c.not_after).to_string(),
+                        tls::days_left(c.not_after).to_string(),
+                    ),
+                    None => ("-".into(), "-".into(), "-".into()),
+                };
+                [
+                    host,
+                    source,
+                    issuer,
+                    not_after,
+                    days,
+                    note.unwrap_or_default(),
+                ]
+            },
+        )
+        .collect();
+    let header = ["HOST", "SOURCE", "ISSUER", "NOT AFTER", "DAYS LEFT", "NOTE"].map(String::from);
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (w, cell)) in widths.iter().zip(row).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// What `trackproxy check-config` prints for a valid configuration: each host and where its
+/// certificate comes from.
+#[must_use]
+pub fn check_report(app: &App) -> String {
+    let mut out = format!("{}: configuration is valid\n", app.config().origin);
+    for (host, c) in app.certificates() {
+        let _ = writeln!(
+            out,
+            "  {host}: certificate from {} (issuer {})",
+            c.source, c.issuer
+        );
+    }
+    for host in app.acme_hosts() {
+        if !app.certificates().iter().any(|(h, _)| *h == host) {
+            let _ = writeln!(out, "  {host}: certificate to be ordered over ACME");
+        }
+    }
+    out
 }

@@ -154,6 +154,45 @@ pub struct TlsConfig {
     pub self_signed: bool,
     /// PEM certificate files.
     pub certificates: Vec<CertificateFiles>,
+    /// `[tls.acme]`: certificates over ACME for hosts no file certificate covers.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[tls.acme]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// The CA's ACME directory URL (`https://…`).
+    pub directory: String,
+    /// Account contacts, each `mailto:…`.
+    pub contact: Vec<String>,
+    /// Where the account key, certificates and back-off records are kept.
+    pub cache_dir: PathBuf,
+    /// How the CA validates that we control a host.
+    pub challenge: AcmeChallenge,
+    /// Extra PEM roots trusted for the directory's HTTPS (Pebble, step-ca, a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Wait after the first failed attempt for a host; doubled after each further failure.
+    pub backoff_initial: Duration,
+    /// Longest wait between attempts.
+    pub backoff_max: Duration,
+}
+
+/// ACME challenge type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 (RFC 8737) on the HTTPS listener.
+    TlsAlpn01,
+    /// HTTP-01 (RFC 8555 §8.3) on the plain-HTTP listener.
+    Http01,
+}
+
+impl fmt::Display for AcmeChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        })
+    }
 }
 
 /// One `[[tls.certificates]]` entry.
@@ -764,10 +803,16 @@ impl Reader {
                 });
             }
         }
-        self.finish(t, &["self_signed", "certificates"]);
+        let acme = t
+            .map
+            .contains_key("acme")
+            .then(|| self.acme(&mut t))
+            .flatten();
+        self.finish(t, &["self_signed", "certificates", "acme"]);
         TlsConfig {
             self_signed,
             certificates,
+            acme,
         }
     }
 
@@ -814,6 +859,79 @@ impl Reader {
             ],
         );
         l
+    }
+
+    fn acme(&mut self, tls: &mut Table) -> Option<AcmeConfig> {
+        let mut t = self.table(tls, "acme");
+        let before = self.problems.len();
+        let directory = self.get(&mut t, "directory", acme_directory);
+        let contact = self
+            .get(&mut t, "contact", |v| list(v, mailto))
+            .unwrap_or_default();
+        let cache_dir = self.get(&mut t, "cache_dir", path);
+        let challenge = self
+            .get(&mut t, "challenge", |v| {
+                one_of(
+                    v,
+                    &[
+                        ("tls-alpn-01", AcmeChallenge::TlsAlpn01),
+                        ("http-01", AcmeChallenge::Http01),
+                    ],
+                )
+            })
+            .unwrap_or(AcmeChallenge::TlsAlpn01);
+        let ca_file = self.get(&mut t, "ca_file", readable_file);
+        let backoff_initial = self
+            .get(&mut t, "backoff_initial", positive_duration)
+            .unwrap_or(Duration::from_secs(10 * 60));
+        let backoff_max = self
+            .get(&mut t, "backoff_max", positive_duration)
+            .unwrap_or(Duration::from_secs(24 * 60 * 60));
+        for (name, missing, what) in [
+            (
+                "directory",
+                directory.is_none(),
+                "the CA's ACME directory URL, e.g. Let's Encrypt \
+                 \"https://acme-v02.api.letsencrypt.org/directory\" (production) or \
+                 \"https://acme-staging-v02.api.letsencrypt.org/directory\" (staging)",
+            ),
+            (
+                "cache_dir",
+                cache_dir.is_none(),
+                "a directory for the account key and certificates, e.g. \
+                 \"/var/lib/trackproxy/acme\"",
+            ),
+        ] {
+            let key = t.key(name);
+            if missing && !self.problems[before..].iter().any(|p| p.key == key) {
+                self.problem(None, &key, format!("required: {what}"));
+            }
+        }
+        if backoff_max < backoff_initial {
+            let key = t.key("backoff_max");
+            self.problem(None, &key, "must not be shorter than backoff_initial");
+        }
+        self.finish(
+            t,
+            &[
+                "directory",
+                "contact",
+                "cache_dir",
+                "challenge",
+                "ca_file",
+                "backoff_initial",
+                "backoff_max",
+            ],
+        );
+        Some(AcmeConfig {
+            directory: directory?,
+            contact,
+            cache_dir: cache_dir?,
+            challenge,
+            ca_file,
+            backoff_initial,
+            backoff_max,
+        })
     }
 
     fn admin(&mut self, root: &mut Table) -> AdminConfig {
@@ -1034,6 +1152,35 @@ fn readable_file(v: &Value) -> Result<PathBuf, String> {
     let p = path(v)?;
     std::fs::File::open(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
     Ok(p)
+}
+
+/// An ACME directory URL: `https://` with a host (RFC 8555 §6.1 requires HTTPS).
+fn acme_directory(v: &Value) -> Result<String, String> {
+    let s = string(v)?;
+    let s = s.trim();
+    let uri: http::Uri = s.parse().map_err(|e| {
+        format!(
+            "expected a URL such as \"https://acme-v02.api.letsencrypt.org/directory\", \
+             found {s:?} ({e})"
+        )
+    })?;
+    if uri.scheme() != Some(&Scheme::HTTPS) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "the directory URL must start with https:// and name a host, found {s:?}"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// An ACME account contact: `mailto:` and an address.
+fn mailto(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    match s.strip_prefix("mailto:") {
+        Some(addr) if addr.contains('@') && !addr.contains(char::is_whitespace) => Ok(s.to_owned()),
+        _ => Err(format!(
+            "expected a contact such as \"mailto:ops@example.com\", found {s:?}"
+        )),
+    }
 }
 
 fn upstream_url(v: &Value) -> Result<UpstreamUrl, String> {
@@ -1310,5 +1457,81 @@ mod tests {
         assert_eq!(normalize_host_name("a.example:443"), None);
         assert_eq!(normalize_host_name("-a.example"), None);
         assert_eq!(normalize_host_name(""), None);
+    }
+
+    #[test]
+    fn acme_section_with_defaults_and_env_override() {
+        let toml = r#"
+            [[hosts]]
+            name = "url1.example.com"
+            [tls.acme]
+            directory = "https://acme-staging-v02.api.letsencrypt.org/directory"
+            contact = ["mailto:ops@example.com"]
+            cache_dir = "/var/lib/trackproxy/acme"
+            "#;
+        let a = text(toml).unwrap().tls.acme.unwrap();
+        assert_eq!(
+            a.directory,
+            "https://acme-staging-v02.api.letsencrypt.org/directory"
+        );
+        assert_eq!(a.contact, ["mailto:ops@example.com"]);
+        assert_eq!(a.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(a.backoff_initial, Duration::from_secs(600));
+        assert_eq!(a.backoff_max, Duration::from_secs(86_400));
+        assert!(a.ca_file.is_none());
+        assert!(
+            text("[[hosts]]\nname = \"a.example\"\n")
+                .unwrap()
+                .tls
+                .acme
+                .is_none()
+        );
+
+        let mut env = Map::new();
+        env.insert(
+            "TRACKPROXY__TLS__ACME__CACHE_DIR".to_owned(),
+            "/tmp/acme".to_owned(),
+        );
+        env.insert(
+            "TRACKPROXY__TLS__ACME__CHALLENGE".to_owned(),
+            "http-01".to_owned(),
+        );
+        let label = "test.toml";
+        let cfg = load_with_env(&Source::Text { label, toml }, Some(env)).unwrap();
+        let a = cfg.tls.acme.unwrap();
+        assert_eq!(a.cache_dir, PathBuf::from("/tmp/acme"));
+        assert_eq!(a.challenge, AcmeChallenge::Http01);
+    }
+
+    #[test]
+    fn acme_problems_are_all_reported() {
+        let err = text(
+            r#"
+            [[hosts]]
+            name = "url1.example.com"
+            [tls.acme]
+            directory = "http://acme.example/directory"
+            contact = ["ops@example.com"]
+            challenge = "dns-01"
+            backoff_initial = "2h"
+            backoff_max = "1h"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "tls.acme.directory",
+                "tls.acme.contact",
+                "tls.acme.challenge",
+                "tls.acme.cache_dir",
+                "tls.acme.backoff_max",
+            ]
+        );
+        let err = text("[[hosts]]\nname = \"a.example\"\n[tls.acme]\n").unwrap_err();
+        assert!(err.to_string().contains("acme-staging-v02"), "{err}");
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["tls.acme.directory", "tls.acme.cache_dir"]);
     }
 }

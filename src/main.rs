@@ -15,6 +15,16 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config(&args),
         Command::Probe(args) => probe(&args),
         Command::Doctor(args) => run_doctor(&args),
+        Command::Certs(args) => {
+            telemetry::init_cli();
+            load(&args).map_or_else(
+                |code| code,
+                |cfg| {
+                    print!("{}", cli::certs_table(&cfg));
+                    ExitCode::SUCCESS
+                },
+            )
+        }
     }
 }
 
@@ -62,13 +72,7 @@ fn check_config(args: &ConfigArg) -> ExitCode {
     };
     match App::build(&cfg) {
         Ok(app) => {
-            println!("{}: configuration is valid", cfg.origin);
-            for (host, c) in app.certificates() {
-                println!(
-                    "  {host}: certificate from {} (issuer {})",
-                    c.source, c.issuer
-                );
-            }
+            print!("{}", trackproxy::cli::check_report(&app));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -103,7 +107,11 @@ fn serve(args: &ConfigArg) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         let listeners = Listeners::bind(&cfg).await?;
-        trackproxy::serve(app, listeners, shutdown::signal()).await?;
+        let reloads = shutdown::reload_on_sighup(args.source(), app.reloader());
+        tokio::select! {
+            r = trackproxy::serve(app, listeners, shutdown::signal()) => r?,
+            () = reloads => {}
+        }
         Ok(())
     });
     match result {

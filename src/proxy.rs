@@ -31,6 +31,7 @@ use ipnet::IpNet;
 use crate::config::{Config, HttpMode, UpstreamUrl};
 use crate::error::ProxyError;
 use crate::server::ConnInfo;
+use crate::tls::SniResolver;
 use upstream::UpstreamClient;
 
 /// Body of every response trackproxy sends: the upstream's, streamed, or a short local one.
@@ -135,21 +136,26 @@ struct Shared {
     settings: ArcSwap<ForwardSettings>,
     client: UpstreamClient,
     upstream_connections: Arc<AtomicU64>,
+    /// Answers ACME HTTP-01 challenges for the hosts that get their certificate over ACME.
+    acme: Arc<SniResolver>,
 }
 
 impl Forward {
-    /// A forwarder with `settings`, sending through `client`.
+    /// A forwarder with `settings`, sending through `client`; ACME HTTP-01 challenges of the
+    /// hosts in `acme` are answered locally.
     #[must_use]
     pub fn new(
         settings: ForwardSettings,
         client: UpstreamClient,
         upstream_connections: Arc<AtomicU64>,
+        acme: Arc<SniResolver>,
     ) -> Self {
         Forward {
             shared: Arc::new(Shared {
                 settings: ArcSwap::from_pointee(settings),
                 client,
                 upstream_connections,
+                acme,
             }),
         }
     }
@@ -216,6 +222,14 @@ impl Shared {
             Some(pq) => pq.clone(),
             None => PathAndQuery::from_static("/"),
         };
+        // RFC 8555 §8.3: the CA fetches http://<host>/.well-known/acme-challenge/<token> on
+        // port 80. For ACME hosts it is answered here, before any redirect, and never forwarded.
+        if !tls
+            && let Some(token) = pq.path().strip_prefix(ACME_CHALLENGE_PREFIX)
+            && let Some(answer) = self.acme.http01(&target.name, token)
+        {
+            return Ok(http01_response(&target.name, answer));
+        }
         if !tls && settings.http_mode == HttpMode::Redirect {
             return Ok(redirect_to_https(&target.host_header, &pq));
         }
@@ -270,6 +284,23 @@ impl Shared {
         headers::prepare_response(res.headers_mut());
         Ok(res.map(Either::Left))
     }
+}
+
+const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The key authorization for an HTTP-01 challenge, or 404 when no order waits for this token.
+fn http01_response(host: &str, answer: Option<String>) -> Response<ProxyBody> {
+    let Some(key_authorization) = answer else {
+        tracing::debug!(host, "HTTP-01 challenge request for an unknown token");
+        return local_response(StatusCode::NOT_FOUND, "404 Not Found\n");
+    };
+    tracing::info!(host, "answering an ACME HTTP-01 challenge");
+    let mut res = local_response(StatusCode::OK, key_authorization);
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    res
 }
 
 /// 308 to the same host, path and query over HTTPS (308 keeps the method: one-click

@@ -4,9 +4,9 @@
 //! Per connection, in order: a slot in `limits.max_connections` (taken right after accept;
 //! accepting pauses while none is free) → the PROXY protocol header, if configured → a slot in
 //! the client's `limits.per_client_connections` (else the connection is closed before any TLS
-//! work) → TLS handshake under
-//! `server.handshake_timeout` (the SNI is checked against the configured hosts; unknown or
-//! missing SNI fails the handshake) → hyper-util's
+//! work) → TLS handshake under `server.handshake_timeout` (the SNI is checked against the
+//! configured hosts; unknown or missing SNI fails the handshake; an ACME TLS-ALPN-01
+//! validation gets its challenge certificate and is closed) → hyper-util's
 //! auto server (HTTP/1.1 or HTTP/2 by ALPN / preface) with header size, header count and
 //! header-read limits → the tower stack from [`crate::middleware`]. A connection with no bytes
 //! moving for `server.idle_timeout` is shut down gracefully. Nothing read from the network can
@@ -312,14 +312,47 @@ async fn serve_tls(
     let sni: Option<Arc<str>> = hello
         .server_name()
         .map(|s| Arc::from(s.to_ascii_lowercase()));
+    // RFC 8737: a CA validating TLS-ALPN-01 offers only `acme-tls/1`; it gets the challenge
+    // certificate of the order running for that host, and the connection ends after the
+    // handshake. No order running (or not an ACME host): refused.
+    if rustls_acme::is_tls_alpn_challenge(&hello) {
+        let challenge = sni
+            .as_deref()
+            .and_then(|n| server.resolver.challenge_config(n));
+        let Some(config) = challenge else {
+            debug!(
+                failure = "acme_challenge_unexpected",
+                sni = sni.as_deref().unwrap_or(""),
+                "TLS handshake rejected"
+            );
+            return;
+        };
+        match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
+            Ok(Ok(mut tls)) => {
+                info!(
+                    sni = sni.as_deref().unwrap_or(""),
+                    "answered an ACME TLS-ALPN-01 challenge"
+                );
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            }
+            Ok(Err(e)) => debug!(failure = "acme_challenge", error = %e, "TLS handshake failed"),
+            Err(_) => debug!(failure = "handshake_timeout", "TLS handshake failed"),
+        }
+        return;
+    }
     let refused = match &sni {
         None => {
             debug!(failure = "no_sni", "TLS handshake rejected");
             Some(HandshakeFailure::NoSni)
         }
         Some(name) if !server.resolver.knows(name) => {
-            debug!(failure = "unknown_sni", sni = %name, "TLS handshake rejected");
-            Some(HandshakeFailure::UnknownSni)
+            let failure = if server.resolver.acme_host(name).is_some() {
+                HandshakeFailure::CertificatePending
+            } else {
+                HandshakeFailure::UnknownSni
+            };
+            debug!(failure = failure.as_str(), sni = %name, "TLS handshake rejected");
+            Some(failure)
         }
         Some(_) => None,
     };

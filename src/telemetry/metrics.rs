@@ -66,6 +66,10 @@ pub const UPSTREAM_CONNECTIONS: &str = "trackproxy_upstream_connections_opened_t
 /// `trackproxy_certificate_expiry_timestamp_seconds{host, source}`: the served certificate's
 /// not-after, as a Unix timestamp.
 pub const CERT_EXPIRY: &str = "trackproxy_certificate_expiry_timestamp_seconds";
+
+/// `trackproxy_acme_events_total{host, event}`: ACME certificates issued, renewed, and orders
+/// failed.
+pub const ACME_EVENTS: &str = "trackproxy_acme_events_total";
 /// `trackproxy_log_lines_dropped_total`: log lines dropped because the log writer fell behind.
 pub const LOG_LINES_DROPPED: &str = "trackproxy_log_lines_dropped_total";
 
@@ -89,16 +93,19 @@ pub enum HandshakeFailure {
     NoSni,
     /// The SNI names a host that is not served.
     UnknownSni,
+    /// The SNI names an ACME host whose first certificate is not issued yet.
+    CertificatePending,
     /// The handshake failed after the `ClientHello` (no common version or cipher, bad alert, …).
     Handshake,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 5] = [
+    const ALL: [HandshakeFailure; 6] = [
         HandshakeFailure::ClientHello,
         HandshakeFailure::Timeout,
         HandshakeFailure::NoSni,
         HandshakeFailure::UnknownSni,
+        HandshakeFailure::CertificatePending,
         HandshakeFailure::Handshake,
     ];
 
@@ -110,6 +117,7 @@ impl HandshakeFailure {
             HandshakeFailure::Timeout => "handshake_timeout",
             HandshakeFailure::NoSni => "no_sni",
             HandshakeFailure::UnknownSni => "unknown_sni",
+            HandshakeFailure::CertificatePending => "certificate_pending",
             HandshakeFailure::Handshake => "handshake",
         }
     }
@@ -343,6 +351,13 @@ impl Metrics {
             | ProxyError::UnknownHost { .. }
             | ProxyError::Misdirected { .. } => {}
         }
+    }
+
+    /// Counts an ACME event for `host`: `issued`, `renewed` or `failed`.
+    pub fn acme_event(&self, host: &str, event: &'static str) {
+        with_local_recorder(&self.inner.recorder, || {
+            counter!(ACME_EVENTS, "host" => host.to_owned(), "event" => event).increment(1);
+        });
     }
 
     /// Sets the expiry gauge of the certificate served for `host`. `source` says where it came

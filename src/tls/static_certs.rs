@@ -25,6 +25,8 @@ pub struct CertInfo {
     pub names: Vec<String>,
     /// Issuer distinguished name.
     pub issuer: String,
+    /// Start of validity.
+    pub not_before: SystemTime,
     /// Expiry.
     pub not_after: SystemTime,
 }
@@ -143,13 +145,15 @@ pub fn inspect(leaf: Option<&CertificateDer<'_>>, source: &str) -> Result<CertIn
             }
         }
     }
-    let secs = cert.validity().not_after.timestamp();
-    let not_after = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    let unix = |t: x509_parser::time::ASN1Time| {
+        UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
+    };
     Ok(CertInfo {
         source: source.to_owned(),
         names,
         issuer: cert.issuer().to_string(),
-        not_after,
+        not_before: unix(cert.validity().not_before),
+        not_after: unix(cert.validity().not_after),
     })
 }
 
@@ -181,7 +185,8 @@ pub fn self_signed(hosts: &[String], provider: &CryptoProvider) -> Result<Loaded
 }
 
 /// Loads every file certificate of `cfg`, chooses one per configured host (first file that
-/// covers it), and generates a self-signed certificate for the rest if `tls.self_signed` is on.
+/// covers it), and generates a self-signed certificate for the rest if `tls.self_signed` is on
+/// and `[tls.acme]` is not configured (ACME takes the hosts no file covers).
 ///
 /// # Errors
 /// Every unreadable or mismatched file, each with its key.
@@ -216,7 +221,7 @@ pub fn load(cfg: &Config, provider: &CryptoProvider) -> Result<HostCerts, config
             None => out.uncovered.push(host.name.clone()),
         }
     }
-    if cfg.tls.self_signed && !out.uncovered.is_empty() {
+    if cfg.tls.self_signed && cfg.tls.acme.is_none() && !out.uncovered.is_empty() {
         let generated = self_signed(&out.uncovered, provider)
             .map_err(|m| config::Errors::one(&cfg.origin, "tls.self_signed", m))?;
         for host in out.uncovered.drain(..) {
@@ -239,7 +244,8 @@ pub fn uncovered_problems(cfg: &Config, uncovered: &[String]) -> Vec<Problem> {
             origin: cfg.origin.clone(),
             message: format!(
                 "no certificate for {:?}: no [[tls.certificates]] entry lists it in its \
-                 subjectAltName; add one, or set tls.self_signed = true for testing",
+                 subjectAltName; add one, configure [tls.acme] to get one from a CA, or set \
+                 tls.self_signed = true for testing",
                 h.name
             ),
         })

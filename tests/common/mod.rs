@@ -9,6 +9,7 @@
 pub mod dns;
 pub mod haproxy;
 pub mod metrics;
+pub mod pebble;
 pub mod website;
 
 use std::collections::HashMap;
@@ -360,8 +361,32 @@ pub struct Proxy {
     pub https: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// Which hosts have a certificate, and each ACME host's status.
+    pub resolver: Arc<trackproxy::tls::SniResolver>,
+    /// Applies a new configuration (what SIGHUP does in the binary).
+    pub reloader: trackproxy::Reloader,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<Result<(), trackproxy::Error>>>,
+}
+
+/// Parses test TOML (no environment overrides).
+pub fn config(toml: &str) -> Result<trackproxy::config::Config, trackproxy::config::Errors> {
+    trackproxy::config::load_with_env(
+        &trackproxy::config::Source::Text {
+            label: "test.toml",
+            toml,
+        },
+        Some(Default::default()),
+    )
+}
+
+/// Listeners on ephemeral loopback ports.
+pub async fn bind_listeners() -> trackproxy::server::Listeners {
+    trackproxy::server::Listeners {
+        https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    }
 }
 
 impl Proxy {
@@ -371,31 +396,37 @@ impl Proxy {
     }
 
     pub async fn try_start(toml: &str) -> Result<Self, trackproxy::config::Errors> {
-        Ok(Self::start_app(Self::build(toml)?).await)
+        Self::try_start_on(bind_listeners().await, toml)
     }
 
     /// Builds the app `toml` describes without serving it (to reach into it before start).
     pub fn build(toml: &str) -> Result<trackproxy::App, trackproxy::config::Errors> {
-        let cfg = trackproxy::config::load_with_env(
-            &trackproxy::config::Source::Text {
-                label: "test.toml",
-                toml,
-            },
-            Some(Default::default()),
-        )?;
-        trackproxy::App::build(&cfg)
+        trackproxy::App::build(&config(toml)?)
+    }
+
+    /// Starts the proxy on listeners bound beforehand (so Pebble can be told their ports).
+    pub fn start_on(listeners: trackproxy::server::Listeners, toml: &str) -> Self {
+        Self::try_start_on(listeners, toml).unwrap()
+    }
+
+    pub fn try_start_on(
+        listeners: trackproxy::server::Listeners,
+        toml: &str,
+    ) -> Result<Self, trackproxy::config::Errors> {
+        Ok(Self::serve_on(Self::build(toml)?, listeners))
     }
 
     /// Serves a built app on ephemeral loopback ports.
     pub async fn start_app(app: trackproxy::App) -> Self {
-        let listeners = trackproxy::server::Listeners {
-            https: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
+        Self::serve_on(app, bind_listeners().await)
+    }
+
+    fn serve_on(app: trackproxy::App, listeners: trackproxy::server::Listeners) -> Self {
         let https = listeners.https.local_addr().unwrap();
         let http = listeners.http.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
+        let resolver = app.resolver().clone();
+        let reloader = app.reloader();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(trackproxy::serve(app, listeners, async {
             let _ = rx.await;
@@ -404,9 +435,16 @@ impl Proxy {
             https,
             http,
             admin,
+            resolver,
+            reloader,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// Applies new TOML to the running proxy.
+    pub async fn reload(&self, toml: &str) -> Result<(), trackproxy::ReloadError> {
+        self.reloader.reload(config(toml)?).await
     }
 
     /// Sends the shutdown signal (like SIGTERM).

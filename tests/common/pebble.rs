@@ -1,0 +1,333 @@
+//! Pebble, Let's Encrypt's test CA (Debian package `pebble`), started by the tests on free
+//! loopback ports, validating for real against the proxy under test.
+//!
+//! - `pebble-challtestsrv` is Pebble's DNS: every name resolves to 127.0.0.1 (its own challenge
+//!   servers are off); [`Pebble::add_a`] points one name elsewhere.
+//! - Pebble's `tlsPort` / `httpPort` are the proxy's HTTPS / HTTP ports, so TLS-ALPN-01 and
+//!   HTTP-01 are validated against the running trackproxy.
+//! - Pebble's own HTTPS certificate comes from a [`TestCa`] whose root the proxy trusts through
+//!   `tls.acme.ca_file`; the issuing root is fetched from the management `/roots/0`.
+//! - `PEBBLE_VA_NOSLEEP=1` and `PEBBLE_WFE_NONCEREJECT=0` keep it fast and deterministic.
+//!
+//! Both processes are killed when the [`Pebble`] is dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio_rustls::TlsConnector;
+
+use super::{KeyAlg, TestCa, provider};
+
+/// A loopback TCP port nothing listens on right now.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback port free for both UDP and TCP (DNS uses both).
+fn free_dns_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Everything the proxy's configuration needs before Pebble runs: the directory URL and the
+/// root of Pebble's HTTPS certificate. Pebble itself starts with [`Pebble::start`].
+pub struct PebblePlan {
+    pub dir: tempfile::TempDir,
+    /// `https://127.0.0.1:PORT/dir`
+    pub directory: String,
+    /// Trusts Pebble's HTTPS API (for `tls.acme.ca_file`).
+    pub ca_file: PathBuf,
+    listen: u16,
+    management: u16,
+    dns: u16,
+    dns_management: u16,
+    cert: PathBuf,
+    key: PathBuf,
+    _api_ca: TestCa,
+}
+
+impl PebblePlan {
+    pub fn new() -> Self {
+        let api_ca = TestCa::new();
+        let (cert, key) =
+            api_ca.write_leaf("pebble-api", &["localhost", "127.0.0.1"], KeyAlg::EcdsaP256);
+        let dir = tempfile::tempdir().unwrap();
+        let listen = free_tcp_port();
+        PebblePlan {
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            ca_file: api_ca.ca_file.clone(),
+            listen,
+            management: free_tcp_port(),
+            dns: free_dns_port(),
+            dns_management: free_tcp_port(),
+            cert,
+            key,
+            dir,
+            _api_ca: api_ca,
+        }
+    }
+
+    /// A `[tls.acme]` section for this Pebble; `extra` lines are added to it.
+    pub fn acme_toml(&self, cache_dir: &Path, challenge: &str, extra: &str) -> String {
+        format!(
+            "\n[tls.acme]\ndirectory = {:?}\ncontact = [\"mailto:ops@example.test\"]\n\
+             cache_dir = {:?}\nchallenge = {challenge:?}\nca_file = {:?}\n{extra}\n",
+            self.directory,
+            cache_dir.display().to_string(),
+            self.ca_file.display().to_string(),
+        )
+    }
+}
+
+/// A running Pebble and its DNS.
+pub struct Pebble {
+    pub plan: PebblePlan,
+    pebble: Child,
+    dns: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Pebble {
+    /// Starts Pebble validating against `tls_port` (TLS-ALPN-01) and `http_port` (HTTP-01) on
+    /// 127.0.0.1, and waits until its directory is served.
+    pub async fn start(plan: PebblePlan, tls_port: u16, http_port: u16) -> Pebble {
+        let dns = Command::new("pebble-challtestsrv")
+            .args([
+                "-management",
+                &format!("127.0.0.1:{}", plan.dns_management),
+                "-dns01",
+                &format!("127.0.0.1:{}", plan.dns),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pebble-challtestsrv must be installed (apt-get install -y pebble)");
+        let config = plan.dir.path().join("pebble.json");
+        let json = serde_json::json!({
+            "pebble": {
+                "listenAddress": format!("127.0.0.1:{}", plan.listen),
+                "managementListenAddress": format!("127.0.0.1:{}", plan.management),
+                "certificate": plan.cert,
+                "privateKey": plan.key,
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false
+            }
+        });
+        std::fs::write(&config, json.to_string()).unwrap();
+        let mut pebble = Command::new("pebble")
+            .arg("-config")
+            .arg(&config)
+            .arg("-dnsserver")
+            .arg(format!("127.0.0.1:{}", plan.dns))
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pebble must be installed (apt-get install -y pebble)");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        let stdout = pebble.stdout.take().unwrap();
+        let stderr = pebble.stderr.take().unwrap();
+        let lines = log.clone();
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if line.contains("ACME directory available")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let lines = log.clone();
+        tokio::spawn(async move {
+            let mut r = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        if tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .is_err()
+        {
+            panic!("pebble did not start: {:?}", log.lock().unwrap());
+        }
+        let p = Pebble {
+            plan,
+            pebble,
+            dns,
+            log,
+        };
+        // Ready when its API, its management interface and the DNS server's management
+        // interface accept connections (the log line can come before the sockets).
+        for port in [p.plan.listen, p.plan.management, p.plan.dns_management] {
+            let mut tries = 0;
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tries += 1;
+                assert!(
+                    tries < 200,
+                    "port {port} of pebble not ready: {:?}",
+                    p.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        p
+    }
+
+    /// Pebble's log so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// New orders Pebble has received (`POST /order-plz`).
+    pub fn orders(&self) -> usize {
+        self.log()
+            .iter()
+            .filter(|l| l.contains("POST /order-plz"))
+            .count()
+    }
+
+    /// The root issuing certificates in this run of Pebble (PEM).
+    pub async fn root_pem(&self) -> String {
+        let client = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(
+                &std::fs::read(&self.plan.ca_file).unwrap(),
+            )
+            .unwrap()])
+            .no_proxy()
+            .build()
+            .unwrap();
+        client
+            .get(format!(
+                "https://127.0.0.1:{}/roots/0",
+                self.plan.management
+            ))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Makes `host` resolve to `ip` for Pebble (to fail its validation, for example).
+    pub async fn add_a(&self, host: &str, ip: &str) {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!(
+                "http://127.0.0.1:{}/add-a",
+                self.plan.dns_management
+            ))
+            .body(serde_json::json!({ "host": host, "addresses": [ip] }).to_string())
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.pebble.start_kill();
+        let _ = self.dns.start_kill();
+    }
+}
+
+/// A TLS client configuration trusting only `root_pem`.
+pub fn client_config(root_pem: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// The leaf certificate `addr` presents for `sni`, verified against `root_pem`.
+pub async fn served_certificate(
+    root_pem: &str,
+    addr: SocketAddr,
+    sni: &str,
+) -> std::io::Result<CertificateDer<'static>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = TlsConnector::from(client_config(root_pem))
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].clone())
+}
+
+/// Subject alternative names (DNS) and issuer of a certificate.
+pub fn names_and_issuer(der: &CertificateDer<'_>) -> (Vec<String>, String) {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    let names = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    x509_parser::extensions::GeneralName::DNSName(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (names, cert.issuer().to_string())
+}
+
+/// Polls `check` every 100 ms until it holds; panics with `what` after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
