@@ -553,6 +553,10 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
             o.proxy_protocol != n.proxy_protocol,
         ),
         (
+            "server.trusted_proxies",
+            o.trusted_proxies != n.trusted_proxies,
+        ),
+        (
             "server.handshake_timeout",
             o.handshake_timeout != n.handshake_timeout,
         ),

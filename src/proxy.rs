@@ -26,7 +26,6 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use ipnet::IpNet;
 
 use crate::config::{Config, HttpMode, UpstreamUrl};
 use crate::error::ProxyError;
@@ -105,8 +104,6 @@ pub struct ForwardSettings {
     pub http_mode: HttpMode,
     /// Limit from sending the request to the response head.
     pub response_timeout: Duration,
-    /// Peers whose `X-Forwarded-For` is extended rather than replaced.
-    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl ForwardSettings {
@@ -117,12 +114,7 @@ impl ForwardSettings {
             routes: Routes::from_config(cfg),
             http_mode: cfg.server.http_mode,
             response_timeout: cfg.upstream.response_timeout,
-            trusted_proxies: cfg.server.trusted_proxies.clone(),
         }
-    }
-
-    fn trusts(&self, ip: std::net::IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 }
 
@@ -246,10 +238,10 @@ impl Shared {
         headers::prepare_request(
             &mut parts.headers,
             &headers::Forwarding {
-                client: conn.client.ip(),
+                client: conn.remote.ip(),
                 // The address that sent us this HTTP request: the load balancer for an L7 one,
                 // the real client behind an L4 one that spoke PROXY protocol.
-                peer_trusted: settings.trusts(conn.client.ip()),
+                peer_trusted: conn.remote_trusted,
                 proto: if tls { "https" } else { "http" },
                 host: &target.host_header,
             },

@@ -42,6 +42,7 @@ pub(crate) use proxy_protocol::Policy as ProxyPolicy;
 
 use crate::config::{Config, ServerConfig as ServerSettings};
 use crate::middleware::HttpService;
+use crate::proxy::client_addr;
 use crate::telemetry::metrics::{HandshakeFailure, Metrics};
 use crate::tls::SniResolver;
 use conn_limit::ConnLimits;
@@ -50,8 +51,16 @@ use conn_limit::ConnLimits;
 /// request's extensions.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
-    /// The client: the TCP peer, or the address a trusted PROXY header carried.
+    /// The client, for logs, rate limits and `X-Forwarded-For`: [`ConnInfo::remote`], or, when
+    /// that is a trusted proxy, the right-most untrusted address of its `X-Forwarded-For`
+    /// (set per request; port 0 then).
     pub client: SocketAddr,
+    /// Who sent us the HTTP request: the TCP peer, or the address a trusted PROXY header
+    /// carried.
+    pub remote: SocketAddr,
+    /// Whether [`ConnInfo::remote`] is in `server.trusted_proxies` (an L7 load balancer whose
+    /// `X-Forwarded-For` is believed and extended).
+    pub remote_trusted: bool,
     /// The TCP peer (a load balancer when PROXY protocol is used).
     pub peer: SocketAddr,
     /// Our address the connection arrived on.
@@ -253,6 +262,8 @@ pub(crate) async fn accept_loop(
                     Kind::Http => {
                         let info = ConnInfo {
                             client,
+                            remote: client,
+                            remote_trusted: server.proxy_protocol.trusts(client.ip()),
                             peer,
                             local,
                             tls: None,
@@ -385,6 +396,8 @@ async fn serve_tls(
     server.metrics.tls_handshake(resumed);
     let info = ConnInfo {
         client: addrs.client,
+        remote: addrs.client,
+        remote_trusted: server.proxy_protocol.trusts(addrs.client.ip()),
         peer: addrs.peer,
         local: addrs.local,
         tls: Some(TlsInfo {
@@ -409,8 +422,18 @@ where
     let svc = server.service.clone();
     // HTTP/2 streams run in tasks of their own: carry the connection's span into each request.
     let span = tracing::Span::current();
+    let trusted = server.proxy_protocol.trusted.clone();
     let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(info.clone());
+        let mut info = info.clone();
+        if info.remote_trusted {
+            // Behind an L7 load balancer the client is named by its X-Forwarded-For; decided
+            // here, before the stack, so rate limits and logs see the same client.
+            let ip = client_addr::client_ip(req.headers(), info.remote.ip(), &trusted);
+            if ip != info.remote.ip() {
+                info.client = SocketAddr::new(ip, 0);
+            }
+        }
+        req.extensions_mut().insert(info);
         svc.clone().oneshot(req).instrument(span.clone())
     });
     let conn = server.http.serve_connection(io, hyper_svc);

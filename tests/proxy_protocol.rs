@@ -27,12 +27,12 @@ async fn client_address_survives_haproxy_v2_and_v1() {
             Route {
                 servers: vec![proxy.https],
                 send_proxy: "send-proxy-v2",
-                server_options: String::new(),
+                ..Default::default()
             },
             Route {
                 servers: vec![proxy.http],
                 send_proxy: "send-proxy",
-                server_options: String::new(),
+                ..Default::default()
             },
         ],
         "",
@@ -151,5 +151,57 @@ async fn required_mode_refuses_direct_clients() {
     let raw = raw_plain_from("127.0.0.1", proxy.http, request("/wf/open").as_bytes()).await;
     assert_eq!(raw, "");
     assert_eq!(s.upstream.count(), 0);
+    proxy.stop().await;
+}
+
+/// Behind a real L7 load balancer (HAProxy in HTTP mode with `option forwardfor`): the client
+/// comes from the trusted balancer's X-Forwarded-For, for rate limits and for the upstream.
+#[tokio::test]
+async fn client_address_survives_an_l7_balancer() {
+    let s = Setup::new().await;
+    let proxy = Proxy::start(&s.toml(
+        &[HOST],
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
+         [limits]\nper_client_rps = 0.001\nper_client_burst = 2\n",
+    ))
+    .await;
+    let lb = HaProxy::start(
+        &[Route {
+            servers: vec![proxy.http],
+            http: true,
+            backend: "    option forwardfor".into(),
+            ..Default::default()
+        }],
+        "",
+    )
+    .await;
+    for _ in 0..2 {
+        let raw =
+            raw_plain_from("127.0.0.6", lb.frontends[0], request("/wf/open").as_bytes()).await;
+        assert_eq!(status_of(&raw), 200, "{raw}");
+        let seen = s.upstream.last();
+        // the balancer's address is appended to the chain it sent
+        assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.6, 127.0.0.1"));
+    }
+    // the third request of 127.0.0.6 is over its burst ...
+    let raw = raw_plain_from("127.0.0.6", lb.frontends[0], request("/wf/open").as_bytes()).await;
+    assert_eq!(status_of(&raw), 429, "{raw}");
+    // ... while another client behind the same balancer is not
+    let raw = raw_plain_from("127.0.0.7", lb.frontends[0], request("/wf/open").as_bytes()).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(
+        s.upstream.last().header("x-forwarded-for"),
+        Some("127.0.0.7, 127.0.0.1")
+    );
+    // a client talking to the proxy directly cannot choose its address with the header
+    let spoof = format!(
+        "GET /wf/open HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: 127.0.0.7\r\nConnection: close\r\n\r\n"
+    );
+    let raw = raw_plain_from("127.0.0.8", proxy.http, spoof.as_bytes()).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert_eq!(
+        s.upstream.last().header("x-forwarded-for"),
+        Some("127.0.0.8")
+    );
     proxy.stop().await;
 }

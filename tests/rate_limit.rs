@@ -261,7 +261,7 @@ async fn behind_haproxy_the_limit_follows_the_proxy_protocol_client() {
         &[Route {
             servers: vec![proxy.https],
             send_proxy: "send-proxy-v2",
-            server_options: String::new(),
+            ..Default::default()
         }],
         "",
     )

@@ -417,6 +417,8 @@ mod tests {
         let addr: SocketAddr = "192.0.2.9:5555".parse().unwrap();
         r.extensions_mut().insert(ConnInfo {
             client: addr,
+            remote: addr,
+            remote_trusted: false,
             peer: addr,
             local: "127.0.0.1:443".parse().unwrap(),
             tls: Some(TlsInfo {

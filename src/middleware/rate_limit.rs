@@ -256,6 +256,8 @@ mod tests {
         let mut r = Request::new(());
         r.extensions_mut().insert(ConnInfo {
             client: addr,
+            remote: addr,
+            remote_trusted: false,
             peer: addr,
             local: "127.0.0.1:443".parse().unwrap(),
             tls: None,

@@ -62,7 +62,8 @@ pub(crate) struct Policy {
 }
 
 impl Policy {
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is a trusted proxy.
+    pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
         self.trusted.iter().any(|n| n.contains(&ip))
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 /// One frontend → backend pair.
+#[derive(Default)]
 pub struct Route {
     /// Backend servers (trackproxy listeners).
     pub servers: Vec<SocketAddr>,
@@ -14,6 +15,13 @@ pub struct Route {
     pub send_proxy: &'static str,
     /// Extra `default-server` options, e.g. health checks.
     pub server_options: String,
+    /// Options per server (same order as `servers`; missing entries mean none), e.g.
+    /// `check port 9090` for each server's own admin port.
+    pub per_server: Vec<String>,
+    /// HTTP mode (an L7 load balancer) instead of TCP.
+    pub http: bool,
+    /// Extra lines for the backend section, e.g. `option forwardfor`.
+    pub backend: String,
 }
 
 pub struct HaProxy {
@@ -46,13 +54,15 @@ impl HaProxy {
         for (i, r) in routes.iter().enumerate() {
             let fe = free_port().await;
             frontends.push(fe);
+            let mode = if r.http { "http" } else { "tcp" };
             cfg.push_str(&format!(
-                "frontend fe{i}\n    bind {fe}\n    default_backend be{i}\n\n\
-                 backend be{i}\n    balance roundrobin\n    default-server {} {}\n",
-                r.send_proxy, r.server_options
+                "frontend fe{i}\n    mode {mode}\n    bind {fe}\n    default_backend be{i}\n\n\
+                 backend be{i}\n    mode {mode}\n    balance roundrobin\n{}\n    default-server {} {}\n",
+                r.backend, r.send_proxy, r.server_options
             ));
             for (j, s) in r.servers.iter().enumerate() {
-                cfg.push_str(&format!("    server s{j} {s}\n"));
+                let extra = r.per_server.get(j).map_or("", String::as_str);
+                cfg.push_str(&format!("    server s{j} {s} {extra}\n"));
             }
             cfg.push('\n');
         }
