@@ -154,6 +154,9 @@ pub struct TlsConfig {
     pub self_signed: bool,
     /// PEM certificate files.
     pub certificates: Vec<CertificateFiles>,
+    /// How often certificate files are checked for changes on disk (cert-manager rotating a
+    /// Secret); zero turns the check off (SIGHUP still reloads them).
+    pub watch_interval: Duration,
     /// `[tls.acme]`: certificates over ACME for hosts no file certificate covers.
     pub acme: Option<AcmeConfig>,
 }
@@ -803,15 +806,22 @@ impl Reader {
                 });
             }
         }
+        let watch_interval = self
+            .get(&mut t, "watch_interval", duration)
+            .unwrap_or(Duration::from_secs(10));
         let acme = t
             .map
             .contains_key("acme")
             .then(|| self.acme(&mut t))
             .flatten();
-        self.finish(t, &["self_signed", "certificates", "acme"]);
+        self.finish(
+            t,
+            &["self_signed", "certificates", "watch_interval", "acme"],
+        );
         TlsConfig {
             self_signed,
             certificates,
+            watch_interval,
             acme,
         }
     }

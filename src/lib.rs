@@ -60,6 +60,7 @@ use crate::tls::SniResolver;
 use crate::tls::acme;
 use crate::tls::sni::CertMap;
 use crate::tls::static_certs::{self, CertInfo};
+use crate::tls::watch::CertWatch;
 
 /// How often stale rate-limit state is evicted and histogram samples are folded in.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
@@ -361,6 +362,7 @@ pub async fn serve(
     tracker.spawn(maintenance(state, token.clone()));
     health.set_listening();
 
+    let mut watch = CertWatch::new(&cfg);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -370,9 +372,11 @@ pub async fn serve(
                 if result.is_ok() {
                     admin.hosts.store(Arc::new(new.hosts.iter().map(|h| h.name.clone()).collect()));
                     cfg = new;
+                    watch = CertWatch::new(&cfg);
                 }
                 let _ = reply.send(result);
             }
+            changed = watch.changed() => reload_certificate_files(&cfg, &changed, &resolver, &metrics),
         }
     }
     // From here /readyz answers 503, so a load balancer stops sending new connections while
@@ -481,6 +485,50 @@ async fn maintenance(state: StackState, token: CancellationToken) {
         let limiter = state.limiter.clone();
         let _ = tokio::task::spawn_blocking(move || limiter.evict_stale()).await;
         state.metrics.upkeep();
+    }
+}
+
+/// Certificate files changed on disk: load them again; if they do not load (half-written, key
+/// and certificate out of step, expired chain garbage), keep serving what was loaded before.
+fn reload_certificate_files(
+    cfg: &Config,
+    changed: &[std::path::PathBuf],
+    resolver: &SniResolver,
+    metrics: &Metrics,
+) {
+    let files: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
+    match static_certs::load(cfg, &tls::provider()) {
+        Ok(loaded)
+            if loaded
+                .uncovered
+                .iter()
+                .all(|h| resolver.acme_host(h).is_some()) =>
+        {
+            resolver.replace(loaded.certs);
+            for (host, c) in &loaded.info {
+                metrics.certificate_expiry(host, source_label(c), c.not_after);
+                info!(
+                    host,
+                    source = %c.source,
+                    not_after = %humantime::format_rfc3339_seconds(c.not_after),
+                    "certificate reloaded from disk"
+                );
+            }
+        }
+        Ok(loaded) => warn!(
+            files = %files.join(", "),
+            hosts = %loaded.uncovered.join(", "),
+            "certificate files changed and no longer cover these hosts; keeping the certificates in use"
+        ),
+        Err(problems) => {
+            for p in &problems.0 {
+                warn!(key = %p.key, problem = %p.message, "certificate file problem");
+            }
+            warn!(
+                files = %files.join(", "),
+                "certificate files changed but cannot be loaded; keeping the certificates in use"
+            );
+        }
     }
 }
 

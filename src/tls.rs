@@ -17,6 +17,7 @@
 pub mod acme;
 pub mod sni;
 pub mod static_certs;
+pub(crate) mod watch;
 
 use std::sync::Arc;
 use std::time::SystemTime;

@@ -104,3 +104,89 @@ async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_confi
     let mut child = proxy.child;
     assert!(child.wait().await.unwrap().success());
 }
+
+/// The served leaf's DER, from a new connection.
+async fn served_leaf(s: &Setup, addr: std::net::SocketAddr) -> Vec<u8> {
+    let tls = tls_connect(&s.ca, addr, A).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// Writes a file the way a Secret update or `install` does: a new file renamed over the old.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// cert-manager rotates the certificate files: new connections get the new certificate without
+/// a restart, the open one keeps working, and a broken file keeps the certificate in use.
+#[tokio::test]
+async fn rotated_certificate_files_are_served_without_a_restart() {
+    let s = Setup::new().await;
+    let (pem1, key1) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -1, 30);
+    let (cert, key) = s.ca.write_files("rotating", &pem1, &key1);
+    let toml = toml_with(
+        &[A],
+        &s.upstream.url,
+        &s.ca.ca_file,
+        &[(cert.clone(), key.clone())],
+        "[tls]\nwatch_interval = \"100ms\"\n",
+    );
+    let proxy = common::Proxy::start(&toml).await;
+    assert_eq!(served_leaf(&s, proxy.https).await, der_of(&pem1));
+    let mut open = tls_connect(&s.ca, proxy.https, A).await.unwrap();
+    let expiry = |m: &common::metrics::Metrics| {
+        m.value(
+            "trackproxy_certificate_expiry_timestamp_seconds",
+            &[("host", A), ("source", "file")],
+        )
+    };
+    let first_expiry = expiry(&common::metrics::scrape(proxy.admin).await);
+
+    // rotate: key first, then the certificate (a reader may see them out of step in between)
+    let (pem2, key2) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -1, 60);
+    replace(&key, &key2);
+    replace(&cert, &pem2);
+    let want = der_of(&pem2);
+    let mut rotated = false;
+    for _ in 0..100 {
+        if served_leaf(&s, proxy.https).await == want {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rotated, "the new certificate was not served within 5 s");
+    let second_expiry = expiry(&common::metrics::scrape(proxy.admin).await);
+    assert!(
+        second_expiry > first_expiry + 20.0 * 86_400.0,
+        "{first_expiry} -> {second_expiry}"
+    );
+    // the connection opened before the rotation still works
+    let (status, _, _) = common::h1_exchange(
+        &mut open,
+        &format!("GET /wf/open HTTP/1.1\r\nHost: {A}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // a broken new certificate file: the working certificate stays
+    replace(
+        &cert,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served_leaf(&s, proxy.https).await, want);
+    assert_eq!(
+        expiry(&common::metrics::scrape(proxy.admin).await),
+        second_expiry
+    );
+    proxy.stop().await;
+}
