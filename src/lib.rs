@@ -18,6 +18,8 @@
 //! [`run`] takes already-bound listeners (so tests can bind `127.0.0.1:0`) and a shutdown
 //! future, and returns once in-flight requests have finished or the grace period ran out.
 
+#[doc(hidden)]
+pub mod bench_api;
 pub mod cli;
 pub mod config;
 pub mod error;
