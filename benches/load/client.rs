@@ -2,8 +2,9 @@
 //!
 //! TLS session resumption is disabled in its rustls client (`Resumption::disabled()`), so every
 //! new connection is a full handshake; each handshake's kind is checked on the client side
-//! (`handshake_kind()`). Key exchange is X25519 only, which both proxies support (nginx 1.22
-//! with OpenSSL 3.0 has no post-quantum hybrid), so both do the same crypto.
+//! (`handshake_kind()`). The client offers what browsers offer first — TLS 1.3 with
+//! `TLS_AES_128_GCM_SHA256` — and X25519 key exchange only, which both proxies support (nginx
+//! 1.22 with OpenSSL 3.0 has no post-quantum hybrid), so both do the same crypto.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -228,8 +229,16 @@ fn client_config(
     alpn: &[u8],
     resume: bool,
 ) -> Result<Arc<ClientConfig>> {
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
-    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    use rustls::crypto::aws_lc_rs::{cipher_suite, default_provider, kx_group};
+    let mut provider = default_provider();
+    provider.kx_groups = vec![kx_group::X25519];
+    // Browsers' order (Chrome, Firefox, Safari): AES-128-GCM-SHA256 first. rustls's own
+    // default puts AES-256-GCM-SHA384 first, which real clients do not.
+    let preferred = cipher_suite::TLS13_AES_128_GCM_SHA256;
+    provider
+        .cipher_suites
+        .retain(|s| s.suite() != preferred.suite());
+    provider.cipher_suites.insert(0, preferred);
     let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

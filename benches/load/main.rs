@@ -82,9 +82,9 @@ struct Args {
     /// The trackproxy binary (default: the one cargo built for this bench, release profile).
     #[arg(long)]
     trackproxy: Option<PathBuf>,
-    /// The nginx binary.
-    #[arg(long, default_value = "nginx")]
-    nginx: PathBuf,
+    /// The nginx binary (default: `nginx` on the PATH, else /usr/sbin/nginx).
+    #[arg(long)]
+    nginx: Option<PathBuf>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -229,7 +229,7 @@ async fn run(args: &Args) -> Result<bool> {
         pki,
         upstream: upstream.addr,
         trackproxy,
-        nginx: args.nginx.clone(),
+        nginx: args.nginx.clone().unwrap_or_else(nginx_binary),
     };
     eprintln!(
         "load: {} round(s) × {} scenario(s) × {} prox(ies), {} s warm-up + {} s each; {} idle connections; trackproxy = {}; load average {}",
@@ -353,6 +353,17 @@ fn snapshot(running: &Running) -> (f64, f64, f64, Instant) {
         proxies::cpu_seconds(std::process::id()).unwrap_or(0.0),
         Instant::now(),
     )
+}
+
+/// `nginx` from the PATH, or Debian's /usr/sbin/nginx when /usr/sbin is not on it.
+fn nginx_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nginx").is_file()));
+    if on_path || !std::path::Path::new("/usr/sbin/nginx").is_file() {
+        PathBuf::from("nginx")
+    } else {
+        PathBuf::from("/usr/sbin/nginx")
+    }
 }
 
 fn cores() -> f64 {
