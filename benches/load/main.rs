@@ -519,6 +519,12 @@ fn spread(v: &[f64], decimals: usize) -> String {
 #[allow(clippy::too_many_lines)] // one table after the other
 fn report(runs: &[Run], idle: &[Idle], args: &Args) -> String {
     let mut out = String::new();
+    if args.smoke {
+        let _ = writeln!(
+            out,
+            "\nSMOKE RUN: a functional check. One short round (and, under `cargo test`, debug builds): the figures below are not a measurement."
+        );
+    }
     let _ = writeln!(
         out,
         "\n{} round(s), {} s measured per scenario and proxy (medians; min–max over rounds in brackets)\n",
