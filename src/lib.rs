@@ -26,6 +26,8 @@
 //! routes, file certificates and ACME hosts change without dropping a connection.
 
 pub mod admin;
+#[doc(hidden)]
+pub mod bench_api;
 pub mod cli;
 pub mod config;
 pub mod doctor;

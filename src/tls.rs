@@ -61,6 +61,9 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, Er
     // Returning clients (the same recipient clicking a second link) resume with a ticket
     // instead of a full handshake; tickets rotate every 6 hours.
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(Error::Rustls)?;
+    // One ticket per full handshake (rustls sends two by default): a recipient's next click
+    // resumes with it, and each ticket costs a key derivation and an encryption.
+    cfg.send_tls13_tickets = 1;
     // TLS 1.2 clients resume from a bounded in-memory cache.
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
     // Early data is replayable: a tracked click must not be.

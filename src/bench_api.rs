@@ -1,0 +1,42 @@
+//! Entry points for `benches/` only: thin wrappers around crate-private steps of the
+//! per-request hot path, so the criterion micro-benchmarks can time them without those
+//! internals becoming public API. Hidden from the docs; not covered by semver.
+
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue, Request};
+
+use crate::error::ProxyError;
+use crate::proxy::headers;
+
+/// The routing name and the `Host` the upstream gets, as the forwarder finds them.
+///
+/// # Errors
+/// As the forwarder's: no, several or a malformed `Host`, or one that differs from `:authority`.
+pub fn target<B>(req: &Request<B>, tls: bool) -> Result<(String, HeaderValue), ProxyError> {
+    headers::target(req, tls).map(|t| (t.name, t.host_header))
+}
+
+/// The forwarder's request-header rewrite (hop-by-hop removed, `Host`, `X-Forwarded-*`).
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    peer_trusted: bool,
+    tls: bool,
+    host: &HeaderValue,
+) {
+    headers::prepare_request(
+        headers,
+        &headers::Forwarding {
+            client,
+            peer_trusted,
+            proto: if tls { "https" } else { "http" },
+            host,
+        },
+    );
+}
+
+/// The forwarder's response-header rewrite (hop-by-hop removed).
+pub fn prepare_response(headers: &mut HeaderMap) {
+    headers::prepare_response(headers);
+}
