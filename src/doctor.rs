@@ -273,10 +273,14 @@ pub fn ca_domain(cfg: &Config, flag: Option<&str>) -> Result<String, UsageError>
     if let Some(f) = flag {
         return config::normalize_host_name(f).ok_or_else(|| UsageError::CaDomain(f.to_owned()));
     }
-    // The ACME section is not part of the configuration yet; once it is, map
-    // `tls.acme.directory` here with `ca_domain_for_directory`.
-    let _ = cfg;
-    Ok(DEFAULT_CA_DOMAIN.to_owned())
+    // The CA that orders this proxy's certificates, when it is a well-known one; otherwise
+    // (file certificates, a private ACME CA) Let's Encrypt, unless --ca-domain says better.
+    let known = cfg
+        .tls
+        .acme
+        .as_ref()
+        .and_then(|a| ca_domain_for_directory(a.directory.as_str()));
+    Ok(known.unwrap_or(DEFAULT_CA_DOMAIN).to_owned())
 }
 
 /// The CAA issuer domain of a well-known ACME directory URL, e.g.
@@ -370,6 +374,38 @@ mod tests {
             Some("sectigo.com")
         );
         assert_eq!(ca_domain_for_directory("https://127.0.0.1:14000/dir"), None);
+    }
+
+    #[test]
+    fn caa_domain_follows_the_configured_acme_directory() {
+        let cache = tempfile::tempdir().unwrap();
+        let toml = |dir: &str| {
+            format!(
+                "[[hosts]]\nname = \"url1.example.com\"\n[tls.acme]\ndirectory = \"{dir}\"\n\
+                 cache_dir = {:?}\n",
+                cache.path().display().to_string()
+            )
+        };
+        let load = |t: &str| {
+            config::load_with_env(
+                &config::Source::Text {
+                    label: "t",
+                    toml: t,
+                },
+                Some(::config::Map::new()),
+            )
+            .unwrap()
+        };
+        let zerossl = load(&toml("https://acme.zerossl.com/v2/DV90"));
+        assert_eq!(ca_domain(&zerossl, None).unwrap(), "sectigo.com");
+        assert_eq!(
+            ca_domain(&zerossl, Some("digicert.com")).unwrap(),
+            "digicert.com"
+        );
+        let private = load(&toml(
+            "https://ca.internal.example:9000/acme/acme/directory",
+        ));
+        assert_eq!(ca_domain(&private, None).unwrap(), DEFAULT_CA_DOMAIN);
     }
 
     #[test]
