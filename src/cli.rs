@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -128,6 +129,87 @@ impl ConfigArg {
 
 /// Exit code for configuration errors (`EX_USAGE` of sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
+
+/// Runs every subcommand except `serve` (which needs the runtime `main` sets up) and returns
+/// the process exit code.
+#[must_use]
+pub fn run(command: Command) -> ExitCode {
+    match command {
+        // `serve` needs the runtime and log guard that `main` owns.
+        Command::Serve(_) => ExitCode::from(EXIT_CONFIG),
+        Command::CheckConfig(args) => check_config(&args),
+        Command::Probe(args) => probe_command(&args),
+        Command::Doctor(args) => doctor_command(&args),
+        Command::Certs(args) => {
+            crate::telemetry::init_cli();
+            load(&args).map_or_else(
+                |code| code,
+                |cfg| {
+                    print!("{}", certs_table(&cfg));
+                    ExitCode::SUCCESS
+                },
+            )
+        }
+    }
+}
+
+fn probe_command(args: &ProbeArgs) -> ExitCode {
+    let cfg = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match probe(cfg.admin.listen, &args.path, args.timeout) {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!(
+                "trackproxy: {}{} answered {status}",
+                cfg.admin.listen, args.path
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("trackproxy: {}{}: {e}", cfg.admin.listen, args.path);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn doctor_command(args: &DoctorArgs) -> ExitCode {
+    crate::telemetry::init_cli();
+    match load(&args.config) {
+        Ok(cfg) => ExitCode::from(crate::doctor::run(args, &cfg)),
+        Err(code) => code,
+    }
+}
+
+/// Loads the configuration `args` names; on failure prints every problem and gives exit code 64.
+///
+/// # Errors
+/// The exit code to end with.
+pub fn load(args: &ConfigArg) -> Result<Config, ExitCode> {
+    crate::config::load(&args.source()).map_err(|e| {
+        eprintln!("trackproxy: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check_config(args: &ConfigArg) -> ExitCode {
+    crate::telemetry::init_cli();
+    let cfg = match load(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match App::build(&cfg) {
+        Ok(app) => {
+            print!("{}", check_report(&app));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trackproxy: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
 
 /// `GET path` on the admin listener at `addr` (a wildcard address means this machine) and
 /// returns the status code.

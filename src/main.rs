@@ -4,86 +4,19 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use trackproxy::cli::{self, Cli, Command, ConfigArg, DoctorArgs, EXIT_CONFIG, ProbeArgs};
-use trackproxy::config::{self, Config};
+use trackproxy::cli::{self, Cli, Command, ConfigArg, EXIT_CONFIG};
 use trackproxy::server::Listeners;
-use trackproxy::{App, doctor, shutdown, telemetry};
+use trackproxy::{App, shutdown, telemetry};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(&args),
-        Command::CheckConfig(args) => check_config(&args),
-        Command::Probe(args) => probe(&args),
-        Command::Doctor(args) => run_doctor(&args),
-        Command::Certs(args) => {
-            telemetry::init_cli();
-            load(&args).map_or_else(
-                |code| code,
-                |cfg| {
-                    print!("{}", cli::certs_table(&cfg));
-                    ExitCode::SUCCESS
-                },
-            )
-        }
-    }
-}
-
-fn probe(args: &ProbeArgs) -> ExitCode {
-    let cfg = match load(&args.config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match cli::probe(cfg.admin.listen, &args.path, args.timeout) {
-        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!(
-                "trackproxy: {}{} answered {status}",
-                cfg.admin.listen, args.path
-            );
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("trackproxy: {}{}: {e}", cfg.admin.listen, args.path);
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run_doctor(args: &DoctorArgs) -> ExitCode {
-    telemetry::init_cli();
-    match load(&args.config) {
-        Ok(cfg) => ExitCode::from(doctor::run(args, &cfg)),
-        Err(code) => code,
-    }
-}
-
-fn load(args: &ConfigArg) -> Result<Config, ExitCode> {
-    config::load(&args.source()).map_err(|e| {
-        eprintln!("trackproxy: {e}");
-        ExitCode::from(EXIT_CONFIG)
-    })
-}
-
-fn check_config(args: &ConfigArg) -> ExitCode {
-    telemetry::init_cli();
-    let cfg = match load(args) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match App::build(&cfg) {
-        Ok(app) => {
-            print!("{}", trackproxy::cli::check_report(&app));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("trackproxy: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
+        other => cli::run(other),
     }
 }
 
 fn serve(args: &ConfigArg) -> ExitCode {
-    let cfg = match load(args) {
+    let cfg = match cli::load(args) {
         Ok(c) => c,
         Err(code) => return code,
     };
