@@ -129,6 +129,10 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
+        let id = req
+            .extensions()
+            .get::<request_id::RequestIdValue>()
+            .cloned();
         let fut = self.inner.call(req);
         let metrics = self.metrics.clone();
         Box::pin(async move {
@@ -136,26 +140,27 @@ where
                 Ok(res) => Ok(res),
                 Err(e) => {
                     metrics.request_error(&e);
-                    Ok(rescue(&e))
+                    Ok(rescue(&e, id.as_ref()))
                 }
             }
         })
     }
 }
 
-/// The response for an error, logged.
+/// The response for an error, logged (with the request id, so the line can be found even when
+/// `log.level` leaves out the request span).
 #[must_use]
-pub fn rescue(e: &ProxyError) -> Response<ProxyBody> {
+pub fn rescue(e: &ProxyError, id: Option<&request_id::RequestIdValue>) -> Response<ProxyBody> {
     let status = e.status();
-    let error = crate::error::chain(e);
+    let request_id = id.map(request_id::RequestIdValue::as_str);
     match e.origin() {
         ErrorOrigin::Client | ErrorOrigin::Proxy => {
             // Per-request lines for 429/503 would grow with the very load they refuse; the
             // metrics count them.
-            debug!(status = status.as_u16(), failure = e.kind(), %error, "request refused");
+            debug!(status = status.as_u16(), failure = e.kind(), request_id, error = %crate::error::chain(e), "request refused");
         }
         ErrorOrigin::Upstream => {
-            warn!(status = status.as_u16(), failure = e.kind(), %error, "upstream failed");
+            warn!(status = status.as_u16(), failure = e.kind(), request_id, error = %crate::error::chain(e), "upstream failed");
         }
     }
     let reason = status.canonical_reason().unwrap_or("Error");

@@ -150,6 +150,9 @@ impl Server {
             // A head larger than this is answered with 431 (hyper's buffer limit); the minimum
             // hyper accepts is 8 KiB.
             .max_buf_size(cfg.max_header_bytes.max(8192))
+            // rustls copies vectored writes into one buffer anyway (an allocation per write):
+            // let hyper flatten head and body into its own buffer instead.
+            .writev(false)
             .max_headers(cfg.max_headers);
         b.http2()
             .timer(TokioTimer::new())

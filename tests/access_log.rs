@@ -112,6 +112,8 @@ async fn one_json_line_per_request_with_every_field_and_no_query() {
         .wait_for_lines(1, |v| v["message"] == "upstream failed")
         .await;
     assert_eq!(warn[0]["span"]["request_id"], down_id.as_str());
+    // ... also as a field of its own, for `log.level = "warn"`, where no request span exists
+    assert_eq!(warn[0]["request_id"], down_id.as_str());
     assert_eq!(warn[0]["failure"], "upstream_connect");
 
     // Tracking tokens appear in no log line at all (the log level here is debug).

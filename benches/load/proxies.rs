@@ -269,7 +269,9 @@ fn free_port() -> Result<u16> {
 
 fn trackproxy_config(env: &Env, https: u16, http: u16, admin: u16) -> String {
     // Idle and header-read timeouts long enough for the idle-connections measurement; logging
-    // at warn, like nginx with its access log off.
+    // at warn, like nginx with its access log off. Every client of the harness is 127.0.0.1:
+    // the per-client connection cap is off (10 000 idle connections from one address) and the
+    // rate limit is set out of reach, so its check still runs on every request.
     format!(
         r#"[server]
 https_listen = "127.0.0.1:{https}"
@@ -289,6 +291,11 @@ name = "{HOST}"
 [[tls.certificates]]
 cert = {cert:?}
 key = {key:?}
+
+[limits]
+per_client_rps = 1000000
+per_client_burst = 1000000
+per_client_connections = 0
 
 [admin]
 listen = "127.0.0.1:{admin}"

@@ -271,6 +271,9 @@ impl Drop for Record {
         if let Some(u) = self.upstream {
             self.host.upstream_duration(u);
         }
+        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+            return;
+        }
         let path = if self.query {
             self.uri.path_and_query().map_or("/", |pq| pq.as_str())
         } else {

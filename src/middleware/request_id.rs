@@ -175,9 +175,10 @@ where
             headers.insert(X_REQUEST_ID, id.clone());
             id
         };
-        // At ERROR level so that no `log.level` filters the span out: a warning or error of
-        // this request must carry its id even when info lines are off.
-        let span = tracing::error_span!("request", request_id = id.to_str().unwrap_or(""));
+        // At INFO, like the access log: with `log.level = "warn"` (per-request logging off)
+        // no span is built per request; the warning and error lines of a request carry its id
+        // as a field of their own (see `middleware::rescue`).
+        let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or(""));
         req.extensions_mut().insert(RequestIdValue(id.clone()));
         let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture {

@@ -56,6 +56,8 @@ pub fn client(
         .pool_idle_timeout(cfg.pool_idle_timeout)
         .pool_max_idle_per_host(cfg.pool_max_idle)
         .pool_timer(TokioTimer::new())
+        // As on the server side: rustls would concatenate vectored writes into a new buffer.
+        .http1_writev(false)
         .timer(TokioTimer::new())
         // Host is always set by the forwarder to the branded host.
         .set_host(false)
