@@ -205,3 +205,46 @@ async fn client_address_survives_an_l7_balancer() {
     );
     proxy.stop().await;
 }
+
+/// The binary behind HAProxy with PROXY v2: its access log names the real client.
+#[tokio::test]
+async fn access_log_names_the_client_behind_haproxy() {
+    let s = Setup::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("trackproxy.toml");
+    std::fs::write(
+        &cfg,
+        s.toml(
+            &[HOST],
+            "[server]\nproxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        )
+        .replace("level = \"debug\"", "level = \"info\""),
+    )
+    .unwrap();
+    let bin = common::BinProxy::start(Some(&cfg), &[]).await;
+    let lb = HaProxy::start(
+        &[Route {
+            servers: vec![bin.https],
+            send_proxy: "send-proxy-v2",
+            ..Default::default()
+        }],
+        "",
+    )
+    .await;
+    let raw = raw_tls_from(
+        &s.ca,
+        "127.0.0.9",
+        lb.frontends[0],
+        HOST,
+        request("/wf/open?upn=secret").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    let lines = bin.wait_for_lines(1, |v| v["message"] == "request").await;
+    assert_eq!(lines[0]["client"], "127.0.0.9");
+    assert_eq!(lines[0]["path"], "/wf/open");
+    assert_eq!(
+        s.upstream.last().header("x-forwarded-for"),
+        Some("127.0.0.9")
+    );
+}
