@@ -481,7 +481,8 @@ impl Reader {
                 "environment variable {ENV_PREFIX}{ENV_SEPARATOR}{}",
                 key.to_uppercase().replace('.', ENV_SEPARATOR)
             ),
-            Some(o) if !o.is_empty() => o.to_owned(),
+            // There is only one file source: name it as the user did (the `config` crate
+            // records some paths relative to the working directory).
             _ => self.file.clone(),
         }
     }
