@@ -135,6 +135,25 @@ impl TestCa {
         (c, k)
     }
 
+    /// A TLS server configuration (ALPN `http/1.1`) with a fresh leaf for `names`: for the local
+    /// upstream and websites the tests run.
+    pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let (cert, key) = self.issue(names, KeyAlg::EcdsaP256);
+        let certs: Vec<CertificateDer<'static>> =
+            rustls::pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = rustls::pki_types::pem::PemObject::from_pem_slice(key.as_bytes()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+
     pub fn client_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.der()).unwrap();
@@ -202,20 +221,7 @@ impl Upstream {
     /// Like [`Upstream::start`], with a certificate for `names` (e.g. `localhost` plus a
     /// name that a test DNS server resolves to 127.0.0.1).
     pub async fn start_with_names(ca: &TestCa, names: &[&str]) -> Self {
-        let (cert, key) = ca.issue(names, KeyAlg::EcdsaP256);
-        let certs: Vec<CertificateDer<'static>> =
-            rustls::pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = rustls::pki_types::pem::PemObject::from_pem_slice(key.as_bytes()).unwrap();
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self::spawn(Some(TlsAcceptor::from(Arc::new(cfg)))).await
+        Self::spawn(Some(TlsAcceptor::from(ca.server_config(names)))).await
     }
 
     /// Plain-HTTP variant (`http://127.0.0.1:PORT`).

@@ -9,12 +9,11 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use super::{KeyAlg, TestCa, provider};
+use super::TestCa;
 
 pub struct Website {
     pub addr: SocketAddr,
@@ -29,20 +28,7 @@ impl Drop for Website {
 
 impl Website {
     pub async fn start(ca: &TestCa, names: &[&str], headers: &[(&str, &str)]) -> Self {
-        let (cert, key) = ca.issue(names, KeyAlg::EcdsaP256);
-        let certs: Vec<CertificateDer<'static>> =
-            rustls::pki_types::pem::PemObject::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap();
-        let key = rustls::pki_types::pem::PemObject::from_pem_slice(key.as_bytes()).unwrap();
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = TlsAcceptor::from(ca.server_config(names));
         let headers: Arc<Vec<(String, String)>> = Arc::new(
             headers
                 .iter()
