@@ -372,6 +372,7 @@ pub async fn serve(
             Some((new, reply)) = reload_rx.recv() => {
                 let result = reload(&cfg, &new, &forward, &resolver, &mut acme, &metrics);
                 if result.is_ok() {
+                    metrics.add_hosts(new.hosts.iter().map(|h| h.name.as_str()));
                     admin.hosts.store(Arc::new(new.hosts.iter().map(|h| h.name.clone()).collect()));
                     cfg = new;
                     watch = CertWatch::new(&cfg);

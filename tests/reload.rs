@@ -190,3 +190,31 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
     );
     proxy.stop().await;
 }
+
+/// A host added by a reload is counted under its own name, not as `(unknown)`.
+#[tokio::test]
+async fn hosts_added_by_a_reload_get_their_own_metrics() {
+    let s = Setup::new().await;
+    let (cert, key) = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
+    let certs = [(cert, key)];
+    let toml = |hosts: &[&str]| toml_with(hosts, &s.upstream.url, &s.ca.ca_file, &certs, "");
+    let proxy = common::Proxy::start(&toml(&[A])).await;
+    proxy.reload(&toml(&[A, B])).await.unwrap();
+    let mut tls = tls_connect(&s.ca, proxy.https, B).await.unwrap();
+    let (status, _, _) = common::h1_exchange(
+        &mut tls,
+        &format!("GET /wf/open HTTP/1.1\r\nHost: {B}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let m = common::metrics::scrape(proxy.admin).await;
+    let labels = [("host", B), ("method", "GET"), ("status", "2xx")];
+    assert_eq!(
+        m.value("trackproxy_requests_total", &labels),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert!(!m.text.contains("(unknown)"), "{}", m.text);
+    proxy.stop().await;
+}

@@ -181,9 +181,10 @@ impl std::fmt::Debug for Metrics {
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    /// Configured host → index into `hosts`; the last entry of `hosts` is [`UNKNOWN_HOST`].
-    host_index: HashMap<Box<str>, usize>,
-    hosts: Vec<HostMetrics>,
+    /// Configured host → its handles; grows when a reload adds hosts.
+    hosts: arc_swap::ArcSwap<HashMap<Box<str>, Arc<HostMetrics>>>,
+    /// Handles shared by every host that is not configured ([`UNKNOWN_HOST`]).
+    unknown: Arc<HostMetrics>,
     fixed: Fixed,
 }
 
@@ -242,11 +243,22 @@ struct HostMetrics {
     upstream: OnceLock<Histogram>,
 }
 
+impl HostMetrics {
+    fn new(label: &str) -> Arc<Self> {
+        Arc::new(HostMetrics {
+            label: Box::from(label),
+            requests: Default::default(),
+            duration: OnceLock::new(),
+            upstream: OnceLock::new(),
+        })
+    }
+}
+
 /// A host's metrics as seen by one request: which host, and the registry they live in.
 #[derive(Clone)]
 pub struct HostHandle {
     metrics: Metrics,
-    index: usize,
+    host: Arc<HostMetrics>,
 }
 
 impl Metrics {
@@ -264,23 +276,9 @@ impl Metrics {
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
-        let mut host_index = HashMap::new();
-        let mut labels: Vec<Box<str>> = Vec::new();
-        for h in hosts {
-            if !host_index.contains_key(h) {
-                host_index.insert(Box::from(h), labels.len());
-                labels.push(Box::from(h));
-            }
-        }
-        labels.push(Box::from(UNKNOWN_HOST));
-        let hosts = labels
+        let hosts = hosts
             .into_iter()
-            .map(|label| HostMetrics {
-                label,
-                requests: Default::default(),
-                duration: OnceLock::new(),
-                upstream: OnceLock::new(),
-            })
+            .map(|h| (Box::from(h), HostMetrics::new(h)))
             .collect();
         let fixed = with_local_recorder(&recorder, || {
             describe();
@@ -289,8 +287,8 @@ impl Metrics {
         let inner = Inner {
             recorder,
             handle,
-            host_index,
-            hosts,
+            hosts: arc_swap::ArcSwap::from_pointee(hosts),
+            unknown: HostMetrics::new(UNKNOWN_HOST),
             fixed,
         };
         Metrics {
@@ -301,15 +299,33 @@ impl Metrics {
     /// The handles of `host` (lower case); unconfigured hosts share [`UNKNOWN_HOST`].
     #[must_use]
     pub fn host(&self, host: &str) -> HostHandle {
-        let index = self
+        let host = self
             .inner
-            .host_index
+            .hosts
+            .load()
             .get(host)
-            .copied()
-            .unwrap_or(self.inner.hosts.len() - 1);
+            .cloned()
+            .unwrap_or_else(|| self.inner.unknown.clone());
         HostHandle {
             metrics: self.clone(),
-            index,
+            host,
+        }
+    }
+
+    /// Starts counting `hosts` under their own label (a reload added them); hosts already
+    /// known keep their series.
+    pub fn add_hosts<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
+        let current = self.inner.hosts.load();
+        let mut next: HashMap<Box<str>, Arc<HostMetrics>> = (**current).clone();
+        let mut added = false;
+        for h in hosts {
+            if !next.contains_key(h) {
+                next.insert(Box::from(h), HostMetrics::new(h));
+                added = true;
+            }
+        }
+        if added {
+            self.inner.hosts.store(Arc::new(next));
         }
     }
 
@@ -397,7 +413,7 @@ impl Metrics {
 
 impl HostHandle {
     fn get(&self) -> &HostMetrics {
-        &self.metrics.inner.hosts[self.index]
+        &self.host
     }
 
     fn register<T>(&self, slot: &OnceLock<T>, make: impl FnOnce(&str) -> T) -> T
