@@ -336,9 +336,11 @@ pub async fn serve(
     let server = Arc::new(Server {
         tls: tls::server_config(resolver.clone())?,
         resolver: resolver.clone(),
-        http: Server::http_builder(&cfg.server),
+        h1: Server::h1_builder(&cfg.server),
+        h2: Server::h2_builder(&cfg.server),
         service: middleware::stack(forward.clone(), &state),
         handshake_timeout: cfg.server.handshake_timeout,
+        header_read_timeout: cfg.server.header_read_timeout,
         idle_timeout: cfg.server.idle_timeout,
         proxy_protocol: server::ProxyPolicy {
             mode: cfg.server.proxy_protocol,
@@ -428,6 +430,7 @@ fn admin_state(
         metrics: metrics.clone(),
         snapshot: Box::new(move || Snapshot {
             open_connections: limits.open(),
+            parked_connections: limits.parked(),
             in_flight: state.in_flight.current(),
             upstream_connections_opened: forward.upstream_connections(),
             rate_limit_clients: state.limiter.clients(),

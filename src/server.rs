@@ -6,34 +6,29 @@
 //! the client's `limits.per_client_connections` (else the connection is closed before any TLS
 //! work) → TLS handshake under `server.handshake_timeout` (the SNI is checked against the
 //! configured hosts; unknown or missing SNI fails the handshake; an ACME TLS-ALPN-01
-//! validation gets its challenge certificate and is closed) → hyper-util's
-//! auto server (HTTP/1.1 or HTTP/2 by ALPN / preface) with header size, header count and
+//! validation gets its challenge certificate and is closed) → hyper's HTTP/1.1 or HTTP/2
+//! server (by ALPN; without ALPN by the first bytes) with header size, header count and
 //! header-read limits → the tower stack from [`crate::middleware`]. A connection with no bytes
-//! moving for `server.idle_timeout` is shut down gracefully. Nothing read from the network can
+//! moving for `server.idle_timeout` is shut down gracefully, and an idle HTTP/1 connection
+//! gives back its buffers while it waits ([`serve`]). Nothing read from the network can
 //! panic this code; a failure closes its own connection only.
 
 pub mod conn_limit;
+mod serve;
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Request;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 mod proxy_protocol;
@@ -42,10 +37,10 @@ pub(crate) use proxy_protocol::Policy as ProxyPolicy;
 
 use crate::config::{Config, ServerConfig as ServerSettings};
 use crate::middleware::HttpService;
-use crate::proxy::client_addr;
 use crate::telemetry::metrics::{HandshakeFailure, Metrics};
 use crate::tls::SniResolver;
 use conn_limit::ConnLimits;
+use serve::Protocol;
 
 /// What the HTTP layer knows about the connection a request arrived on. Inserted into every
 /// request's extensions.
@@ -129,9 +124,11 @@ pub struct BindError {
 pub(crate) struct Server {
     pub(crate) tls: Arc<ServerConfig>,
     pub(crate) resolver: Arc<SniResolver>,
-    pub(crate) http: auto::Builder<TokioExecutor>,
+    pub(crate) h1: http1::Builder,
+    pub(crate) h2: http2::Builder<TokioExecutor>,
     pub(crate) service: HttpService,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     pub(crate) proxy_protocol: ProxyPolicy,
     pub(crate) limits: Arc<ConnLimits>,
@@ -139,11 +136,10 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// The HTTP/1.1 + HTTP/2 connection builder with the configured limits.
-    pub(crate) fn http_builder(cfg: &ServerSettings) -> auto::Builder<TokioExecutor> {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
+    /// The HTTP/1.1 connection builder with the configured limits.
+    pub(crate) fn h1_builder(cfg: &ServerSettings) -> http1::Builder {
+        let mut b = http1::Builder::new();
+        b.timer(TokioTimer::new())
             // Also bounds how long an idle HTTP/1 keep-alive connection waits for its next
             // request: hyper starts this timer whenever it waits for a request head.
             .header_read_timeout(cfg.header_read_timeout)
@@ -154,8 +150,13 @@ impl Server {
             // let hyper flatten head and body into its own buffer instead.
             .writev(false)
             .max_headers(cfg.max_headers);
-        b.http2()
-            .timer(TokioTimer::new())
+        b
+    }
+
+    /// The HTTP/2 connection builder with the configured limits.
+    pub(crate) fn h2_builder(cfg: &ServerSettings) -> http2::Builder<TokioExecutor> {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
             .max_concurrent_streams(cfg.h2_max_concurrent_streams)
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             // Rapid reset (CVE-2023-44487) and its local-error variant (CVE-2025-8671): a client
@@ -271,7 +272,7 @@ pub(crate) async fn accept_loop(
                             local,
                             tls: None,
                         };
-                        serve_http(stream, info, &server, token).await;
+                        serve::serve(Box::new(stream), Protocol::Sniff, info, &server, token).await;
                     }
                 }
             }
@@ -304,9 +305,46 @@ async fn serve_tls(
     stream: TcpStream,
     addrs: Addrs,
     deadline: Instant,
-    server: &Server,
+    server: &Arc<Server>,
     token: CancellationToken,
 ) {
+    // Boxed: the handshake's state is large, and a connection task keeps the size of its
+    // largest state for its whole life (an idle connection lives long).
+    let Some((tls, sni)) = Box::pin(handshake(stream, deadline, server)).await else {
+        return;
+    };
+    let (_, conn) = tls.get_ref();
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    let protocol = Protocol::from_alpn(conn.alpn_protocol());
+    server.metrics.tls_handshake(resumed);
+    let info = ConnInfo {
+        client: addrs.client,
+        remote: addrs.client,
+        remote_trusted: server.proxy_protocol.trusts(addrs.client.ip()),
+        peer: addrs.peer,
+        local: addrs.local,
+        tls: Some(TlsInfo {
+            sni,
+            version,
+            resumed,
+        }),
+    };
+    serve::serve(tls, protocol, info, server, token).await;
+}
+
+/// The TLS handshake, with the SNI checks and ACME TLS-ALPN-01 answers. Returns the stream
+/// (boxed, see [`serve::serve`]) and its (configured, lower-case) SNI, or `None` when the
+/// connection is done.
+async fn handshake(
+    stream: TcpStream,
+    deadline: Instant,
+    server: &Server,
+) -> Option<(Box<tokio_rustls::server::TlsStream<TcpStream>>, Arc<str>)> {
     let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let failed = |why: HandshakeFailure| server.metrics.tls_handshake_failed(why);
     let start = match tokio::time::timeout_at(deadline, acceptor).await {
@@ -314,12 +352,12 @@ async fn serve_tls(
         Ok(Err(e)) => {
             debug!(failure = "client_hello", error = %e, "TLS handshake failed");
             failed(HandshakeFailure::ClientHello);
-            return;
+            return None;
         }
         Err(_) => {
             debug!(failure = "handshake_timeout", "TLS handshake failed");
             failed(HandshakeFailure::Timeout);
-            return;
+            return None;
         }
     };
     let hello = start.client_hello();
@@ -339,7 +377,7 @@ async fn serve_tls(
                 sni = sni.as_deref().unwrap_or(""),
                 "TLS handshake rejected"
             );
-            return;
+            return None;
         };
         match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
             Ok(Ok(mut tls)) => {
@@ -352,7 +390,7 @@ async fn serve_tls(
             Ok(Err(e)) => debug!(failure = "acme_challenge", error = %e, "TLS handshake failed"),
             Err(_) => debug!(failure = "handshake_timeout", "TLS handshake failed"),
         }
-        return;
+        return None;
     }
     let refused = match &sni {
         None => {
@@ -380,91 +418,15 @@ async fn serve_tls(
                 debug!(failure = "handshake", error = %e, "TLS handshake failed");
             }
             failed(refused.unwrap_or(HandshakeFailure::Handshake));
-            return;
+            return None;
         }
         Err(_) => {
             debug!(failure = "handshake_timeout", "TLS handshake failed");
             failed(refused.unwrap_or(HandshakeFailure::Timeout));
-            return;
+            return None;
         }
     };
-    let Some(sni) = sni else { return };
-    let (_, conn) = tls.get_ref();
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-        _ => "TLS",
-    };
-    let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-    server.metrics.tls_handshake(resumed);
-    let info = ConnInfo {
-        client: addrs.client,
-        remote: addrs.client,
-        remote_trusted: server.proxy_protocol.trusts(addrs.client.ip()),
-        peer: addrs.peer,
-        local: addrs.local,
-        tls: Some(TlsInfo {
-            sni,
-            version,
-            resumed,
-        }),
-    };
-    serve_http(tls, info, server, token).await;
-}
-
-/// Serves HTTP on one connection until the client closes it, it idles out, or shutdown.
-async fn serve_http<I>(io: I, info: ConnInfo, server: &Server, token: CancellationToken)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let active = Arc::new(AtomicBool::new(true));
-    let io = TokioIo::new(Tracked {
-        inner: io,
-        active: active.clone(),
-    });
-    let svc = server.service.clone();
-    // HTTP/2 streams run in tasks of their own: carry the connection's span into each request.
-    let span = tracing::Span::current();
-    let trusted = server.proxy_protocol.trusted.clone();
-    let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        let mut info = info.clone();
-        if info.remote_trusted {
-            // Behind an L7 load balancer the client is named by its X-Forwarded-For; decided
-            // here, before the stack, so rate limits and logs see the same client.
-            let ip = client_addr::client_ip(req.headers(), info.remote.ip(), &trusted);
-            if ip != info.remote.ip() {
-                info.client = SocketAddr::new(ip, 0);
-            }
-        }
-        req.extensions_mut().insert(info);
-        svc.clone().oneshot(req).instrument(span.clone())
-    });
-    let conn = server.http.serve_connection(io, hyper_svc);
-    tokio::pin!(conn);
-    let idle = server.idle_timeout;
-    let mut idle_check = tokio::time::interval_at(Instant::now() + idle, idle);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    log_connection_error(&*e);
-                }
-                break;
-            }
-            () = token.cancelled(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = idle_check.tick(), if !closing => {
-                if !active.swap(false, Ordering::Relaxed) {
-                    debug!(idle = ?idle, "closing idle connection");
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
-        }
-    }
+    sni.map(|sni| (Box::new(tls), sni))
 }
 
 /// Logs why hyper closed a connection: malformed requests (answered 400/431 by hyper) at info,
@@ -486,72 +448,5 @@ fn log_connection_error(e: &(dyn std::error::Error + 'static)) {
         debug!(failure = "header_timeout", "connection closed");
     } else {
         debug!(failure = "io", error = %crate::error::chain(e), "connection closed");
-    }
-}
-
-/// IO wrapper that notes activity so idle connections can be found without a timer per read.
-struct Tracked<I> {
-    inner: I,
-    active: Arc<AtomicBool>,
-}
-
-impl<I> Tracked<I> {
-    fn touch(&self) {
-        if !self.active.load(Ordering::Relaxed) {
-            self.active.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
-        }
-        res
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

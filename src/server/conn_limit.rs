@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ipnet::IpNet;
@@ -25,6 +26,18 @@ pub struct ConnLimits {
     /// Open connections per client key; entries are removed at zero, so this holds at most one
     /// entry per open connection.
     open: Mutex<HashMap<IpAddr, u32>>,
+    /// Idle HTTP/1 connections parked without buffers (not a limit: counted for `/metrics`).
+    parked: AtomicUsize,
+}
+
+/// Counts one parked connection while it lives.
+#[derive(Debug)]
+pub(crate) struct ParkedGuard(Arc<ConnLimits>);
+
+impl Drop for ParkedGuard {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a client's connection was refused.
@@ -49,7 +62,20 @@ impl ConnLimits {
             per_client: cfg.per_client_connections,
             allow: cfg.allow.clone(),
             open: Mutex::new(HashMap::new()),
+            parked: AtomicUsize::new(0),
         })
+    }
+
+    /// Idle HTTP/1 connections parked right now.
+    #[must_use]
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Counts a connection as parked until the guard is dropped.
+    pub(crate) fn park(self: &Arc<Self>) -> ParkedGuard {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        ParkedGuard(self.clone())
     }
 
     /// A slot in the total budget, if one is free.

@@ -40,6 +40,8 @@ pub const REQUEST_DURATION: &str = "trackproxy_request_duration_seconds";
 pub const UPSTREAM_DURATION: &str = "trackproxy_upstream_duration_seconds";
 /// `trackproxy_open_connections`: client connections open on the HTTPS and HTTP listeners.
 pub const OPEN_CONNECTIONS: &str = "trackproxy_open_connections";
+/// `trackproxy_parked_connections`: idle HTTP/1 connections holding no HTTP buffers.
+pub const PARKED_CONNECTIONS: &str = "trackproxy_parked_connections";
 /// `trackproxy_in_flight_requests`: requests being served.
 pub const IN_FLIGHT: &str = "trackproxy_in_flight_requests";
 /// `trackproxy_connections_refused_total{reason}`: connections closed before the TLS handshake.
@@ -155,6 +157,8 @@ fn class_index(s: StatusCode) -> usize {
 pub struct Snapshot {
     /// Client connections open.
     pub open_connections: usize,
+    /// Of those, idle HTTP/1 connections parked without HTTP buffers.
+    pub parked_connections: usize,
     /// Requests being served.
     pub in_flight: usize,
     /// Upstream connections opened since start.
@@ -202,6 +206,7 @@ struct Fixed {
     upstream_request: Counter,
     upstream_timeout: Counter,
     open_connections: Gauge,
+    parked_connections: Gauge,
     in_flight: Gauge,
     upstream_connections: Counter,
     rate_limit_clients: Gauge,
@@ -226,6 +231,7 @@ impl Fixed {
             upstream_request: upstream_error("upstream_request"),
             upstream_timeout: upstream_error("upstream_timeout"),
             open_connections: gauge!(OPEN_CONNECTIONS),
+            parked_connections: gauge!(PARKED_CONNECTIONS),
             in_flight: gauge!(IN_FLIGHT),
             upstream_connections: counter!(UPSTREAM_CONNECTIONS),
             rate_limit_clients: gauge!(RATE_LIMIT_CLIENTS),
@@ -401,6 +407,7 @@ impl Metrics {
         #[allow(clippy::cast_precision_loss)] // gauges are f64; counts stay far below 2^52
         {
             i.open_connections.set(snapshot.open_connections as f64);
+            i.parked_connections.set(snapshot.parked_connections as f64);
             i.in_flight.set(snapshot.in_flight as f64);
             i.rate_limit_clients.set(snapshot.rate_limit_clients as f64);
         }
@@ -485,6 +492,10 @@ fn describe() {
         "Time from sending the request upstream to the upstream's response head."
     );
     describe_gauge!(OPEN_CONNECTIONS, "Client connections open.");
+    describe_gauge!(
+        PARKED_CONNECTIONS,
+        "Idle HTTP/1 client connections parked without HTTP buffers."
+    );
     describe_gauge!(IN_FLIGHT, "Requests being served.");
     describe_counter!(
         CONNECTIONS_REFUSED,
@@ -581,6 +592,7 @@ mod tests {
         });
         let t = m.render(&Snapshot {
             open_connections: 7,
+            parked_connections: 2,
             in_flight: 3,
             upstream_connections_opened: 11,
             rate_limit_clients: 5,
@@ -611,6 +623,7 @@ mod tests {
         assert_eq!(sample(&t, "trackproxy_requests_shed_total "), Some(1.0));
         assert_eq!(sample(&t, "trackproxy_rate_limited_total "), Some(1.0));
         assert_eq!(sample(&t, "trackproxy_open_connections "), Some(7.0));
+        assert_eq!(sample(&t, "trackproxy_parked_connections "), Some(2.0));
         assert_eq!(sample(&t, "trackproxy_in_flight_requests "), Some(3.0));
         assert_eq!(
             sample(&t, "trackproxy_upstream_connections_opened_total "),
