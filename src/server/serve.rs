@@ -51,7 +51,7 @@ use crate::proxy::client_addr;
 
 /// How often a connection looks at whether it is idle; also how long an HTTP/1 connection
 /// stays idle before it is parked.
-pub(crate) const TICK: Duration = Duration::from_millis(20);
+pub(crate) const TICK: Duration = Duration::from_millis(250);
 
 /// How long closing a connection (TLS `close_notify`, then FIN) may wait for the client to
 /// take the bytes.
@@ -666,8 +666,8 @@ mod tests {
             assert_eq!(c.observe(1), TICK);
             assert_eq!(c.observe(1), TICK * 2);
             assert_eq!(c.observe(2), Duration::ZERO);
-            let short = IdleClock::new(Duration::from_millis(300));
-            assert_eq!(short.period, Duration::from_millis(300));
+            let short = IdleClock::new(Duration::from_millis(100));
+            assert_eq!(short.period, Duration::from_millis(100));
         });
     }
 }
