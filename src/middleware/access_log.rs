@@ -236,7 +236,7 @@ impl Record {
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             client: conn.map(|c| c.client.ip()),
             tls: conn.and_then(|c| c.tls.as_ref()).map(|t| t.version),
-            request_id: req.extensions().get::<RequestIdValue>().cloned(),
+            request_id: RequestIdValue::of(req),
             span: Span::current(),
             host,
             query,
