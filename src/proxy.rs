@@ -192,17 +192,17 @@ impl Shared {
         let tls = conn.tls.is_some();
         let target = headers::target(&req, tls)?;
         let settings = self.settings.load_full();
-        let Some(route) = settings.routes.get(&target.name) else {
+        let Some(route) = settings.routes.get(target.name()) else {
             return Err(ProxyError::UnknownHost {
-                host: target.name,
+                host: target.name().to_owned(),
                 tls,
             });
         };
         if let Some(t) = &conn.tls {
             // RFC 9110 §15.5.20: the connection was set up for another host.
-            if *t.sni != target.name {
+            if *t.sni != *target.name() {
                 return Err(ProxyError::Misdirected {
-                    host: target.name,
+                    host: target.name().to_owned(),
                     sni: t.sni.to_string(),
                 });
             }
@@ -218,9 +218,9 @@ impl Shared {
         // port 80. For ACME hosts it is answered here, before any redirect, and never forwarded.
         if !tls
             && let Some(token) = pq.path().strip_prefix(ACME_CHALLENGE_PREFIX)
-            && let Some(answer) = self.acme.http01(&target.name, token)
+            && let Some(answer) = self.acme.http01(target.name(), token)
         {
-            return Ok(http01_response(&target.name, answer));
+            return Ok(http01_response(target.name(), answer));
         }
         if !tls && settings.http_mode == HttpMode::Redirect {
             return Ok(redirect_to_https(&target.host_header, &pq));

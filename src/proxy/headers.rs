@@ -12,11 +12,23 @@ use crate::error::ProxyError;
 /// The host a request is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    /// Host name for routing: lower case, no trailing dot, no port.
-    pub(crate) name: String,
+    authority: Authority,
+    /// `Some` only when the host needed lower-casing: most clients send it in lower case.
+    lower: Option<String>,
     /// What the upstream gets as `Host`: the host as the client sent it, with the port only
     /// if it is not the default port of the client's scheme.
     pub(crate) host_header: HeaderValue,
+}
+
+impl Target {
+    /// Host name for routing: lower case, no trailing dot, no port.
+    pub(crate) fn name(&self) -> &str {
+        if let Some(lower) = &self.lower {
+            return lower;
+        }
+        let host = self.authority.host();
+        host.strip_suffix('.').unwrap_or(host)
+    }
 }
 
 /// Finds the host a request is for (RFC 9112 §3.2, RFC 9113 §8.3.1).
@@ -59,11 +71,21 @@ pub(crate) fn target<B>(req: &Request<B>, tls: bool) -> Result<Target, ProxyErro
         Some(p) if p != default_port => authority.as_str(),
         _ => host,
     };
-    let host_header = HeaderValue::from_str(sent)
-        .map_err(|_| ProxyError::BadRequest("Host header is not a valid authority"))?;
+    let host_header = match host_header {
+        // The usual case: `Host` is already what the upstream gets. Its value shares the
+        // request's buffer, so this copy costs no allocation.
+        Some(h) if h.as_bytes() == sent.as_bytes() => h.clone(),
+        _ => HeaderValue::from_str(sent)
+            .map_err(|_| ProxyError::BadRequest("Host header is not a valid authority"))?,
+    };
     let trimmed = host.strip_suffix('.').unwrap_or(host);
+    let lower = trimmed
+        .bytes()
+        .any(|b| b.is_ascii_uppercase())
+        .then(|| trimmed.to_ascii_lowercase());
     Ok(Target {
-        name: trimmed.to_ascii_lowercase(),
+        authority,
+        lower,
         host_header,
     })
 }
@@ -83,6 +105,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop fields: those named in `Connection` first, then the fixed set.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none of them: one pass over the (few) names instead
+    // of a lookup per hop-by-hop name. `Connection` is in the set.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -122,25 +149,25 @@ pub(crate) fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     headers.remove(header::EXPECT);
     headers.insert(header::HOST, fwd.host.clone());
 
-    let client = fwd.client.to_string();
-    let xff = if fwd.peer_trusted {
-        let prior: Vec<&str> = headers
+    let prior: Vec<&str> = if fwd.peer_trusted {
+        headers
             .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
-            .collect();
-        if prior.is_empty() {
-            client
-        } else {
-            format!("{}, {client}", prior.join(", "))
-        }
+            .collect()
     } else {
         headers.remove(header::FORWARDED);
-        client
+        Vec::new()
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let xff = if prior.is_empty() {
+        // The usual case: the address alone, formatted on the stack and copied once.
+        ip_header_value(fwd.client)
+    } else {
+        HeaderValue::from_str(&format!("{}, {}", prior.join(", "), fwd.client)).ok()
+    };
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
@@ -149,6 +176,17 @@ pub(crate) fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_HOST)) {
         headers.insert(X_FORWARDED_HOST, fwd.host.clone());
     }
+}
+
+/// An address as a header value, without an intermediate `String`.
+fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    // The longest text form of an IPv6 address is 45 characters.
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(buf.get(..len)?).ok()
 }
 
 /// Prepares a response's headers for the client: hop-by-hop removed, everything else
@@ -180,7 +218,12 @@ mod tests {
 
     fn t(version: Version, uri: &str, hosts: &[&str], tls: bool) -> Outcome {
         target(&req(version, uri, hosts), tls)
-            .map(|t| (t.name, t.host_header.to_str().unwrap().to_owned()))
+            .map(|t| {
+                (
+                    t.name().to_owned(),
+                    t.host_header.to_str().unwrap().to_owned(),
+                )
+            })
             .map_err(|e| e.to_string())
     }
 
@@ -378,5 +421,37 @@ mod tests {
             "198.51.100.1, 198.51.100.2, 2001:db8::1"
         );
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+
+        // The longest address forms fit the stack buffer.
+        for ip in [
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "255.255.255.255",
+        ] {
+            let mut h = HeaderMap::new();
+            let fwd = Forwarding {
+                client: ip.parse().unwrap(),
+                peer_trusted: true,
+                proto: "https",
+                host: &host,
+            };
+            prepare_request(&mut h, &fwd);
+            assert_eq!(h[X_FORWARDED_FOR], ip);
+        }
+    }
+
+    /// `Host` as the client sent it is passed on as the same value, not a copy.
+    #[test]
+    fn unchanged_host_header_is_reused() {
+        let r = req(Version::HTTP_11, "/", &["url1.example.com"]);
+        let t = target(&r, true).unwrap();
+        assert_eq!(
+            t.host_header.as_bytes().as_ptr(),
+            r.headers()[header::HOST].as_bytes().as_ptr()
+        );
+        assert!(t.lower.is_none(), "no lower-case copy of a lower-case host");
+        let r = req(Version::HTTP_11, "/", &["URL1.example.com."]);
+        let t = target(&r, true).unwrap();
+        assert_eq!(t.name(), "url1.example.com");
     }
 }
