@@ -81,7 +81,7 @@ pub struct AccessLog<S> {
 impl<S, B, ResB> Service<Request<B>> for AccessLog<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
-    ResB: Body,
+    ResB: Body + UpstreamTiming,
 {
     type Response = Response<LoggedBody<ResB>>;
     type Error = S::Error;
@@ -113,7 +113,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: Body,
+    ResB: Body + UpstreamTiming,
 {
     type Output = Result<Response<LoggedBody<ResB>>, E>;
 
@@ -126,7 +126,7 @@ where
         };
         Poll::Ready(match res {
             Ok(res) => {
-                record.head(res.status(), res.extensions().get::<UpstreamTiming>());
+                record.head(res.status(), res.body().upstream_timing());
                 // hyper never polls a body that is empty from the start (HEAD, 204, 304).
                 record.completed = res.body().is_end_stream();
                 Ok(res.map(|inner| LoggedBody {
@@ -248,9 +248,9 @@ impl Record {
     }
 
     /// The response head is ready.
-    fn head(&mut self, status: StatusCode, upstream: Option<&UpstreamTiming>) {
+    fn head(&mut self, status: StatusCode, upstream: Option<Duration>) {
         self.status = Some(status);
-        self.upstream = upstream.map(|t| t.0);
+        self.upstream = upstream;
         self.host.request(&self.method, status);
     }
 }
@@ -364,6 +364,7 @@ mod tests {
 
     use super::*;
     use crate::middleware::request_id::RequestIdLayer;
+    use crate::proxy::UpstreamBody;
     use crate::server::TlsInfo;
     use crate::telemetry::metrics::Snapshot;
 
@@ -433,11 +434,12 @@ mod tests {
         r
     }
 
-    async fn stub(_req: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let mut res = Response::new(Full::new(Bytes::from_static(b"hello world")));
+    async fn stub(_req: Request<()>) -> Result<Response<UpstreamBody<Full<Bytes>>>, Infallible> {
+        let mut res = Response::new(UpstreamBody::new(
+            Full::new(Bytes::from_static(b"hello world")),
+            Duration::from_millis(7),
+        ));
         *res.status_mut() = StatusCode::FOUND;
-        res.extensions_mut()
-            .insert(UpstreamTiming(Duration::from_millis(7)));
         Ok(res)
     }
 
