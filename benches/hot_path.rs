@@ -126,7 +126,7 @@ fn routing(c: &mut Criterion) {
 fn header_rewriting(c: &mut Criterion) {
     let mut g = c.benchmark_group("headers");
     let req = click_request(Version::HTTP_11);
-    let (_, host) = bench_api::target(&req, true).unwrap();
+    let host = bench_api::target(&req, true).unwrap().host_header().clone();
     let client: IpAddr = "203.0.113.7".parse().unwrap();
     g.bench_function("prepare_request", |b| {
         b.iter_batched_ref(

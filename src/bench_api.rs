@@ -9,12 +9,30 @@ use http::{HeaderMap, HeaderValue, Request};
 use crate::error::ProxyError;
 use crate::proxy::headers;
 
-/// The routing name and the `Host` the upstream gets, as the forwarder finds them.
+/// The host a request is for, as the forwarder finds it.
+#[derive(Debug)]
+pub struct Target(headers::Target);
+
+impl Target {
+    /// The routing name (lower case, no trailing dot, no port).
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// The `Host` the upstream gets.
+    #[must_use]
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.0.host_header
+    }
+}
+
+/// The host a request is for, as the forwarder finds it.
 ///
 /// # Errors
 /// As the forwarder's: no, several or a malformed `Host`, or one that differs from `:authority`.
-pub fn target<B>(req: &Request<B>, tls: bool) -> Result<(String, HeaderValue), ProxyError> {
-    headers::target(req, tls).map(|t| (t.name, t.host_header))
+pub fn target<B>(req: &Request<B>, tls: bool) -> Result<Target, ProxyError> {
+    headers::target(req, tls).map(Target)
 }
 
 /// The forwarder's request-header rewrite (hop-by-hop removed, `Host`, `X-Forwarded-*`).

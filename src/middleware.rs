@@ -15,29 +15,31 @@ pub mod request_id;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use http::{HeaderValue, Request, Response, header};
-use hyper::body::Incoming;
-use tower::util::BoxCloneSyncService;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service, ServiceBuilder};
 use tracing::{debug, warn};
 
 use crate::error::{ErrorOrigin, ProxyError};
 use crate::proxy::{Forward, ProxyBody, local_response};
 use crate::telemetry::metrics::Metrics;
-use access_log::{AccessLogLayer, LoggedBody};
-use load_shed::{InFlight, LoadShedLayer};
-use rate_limit::{ClientLimiter, RateLimitLayer};
-use request_id::RequestIdLayer;
+use access_log::{AccessLog, AccessLogLayer, LoggedBody};
+use load_shed::{InFlight, LoadShed, LoadShedLayer};
+use rate_limit::{ClientLimiter, RateLimit, RateLimitLayer};
+use request_id::{RequestId, RequestIdLayer, RequestIdValue};
 
 /// The body of every response a connection sends.
 pub type ResponseBody = LoggedBody<ProxyBody>;
 
 /// The service a connection serves: never fails, every error is already a response.
-pub type HttpService = BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
+///
+/// A concrete type rather than a boxed service: cloning it per request (as the server does)
+/// only bumps reference counts, and its response future is one value on the connection's
+/// stack instead of a heap allocation per request.
+pub type HttpService = RequestId<AccessLog<Rescue<RateLimit<LoadShed<Forward>>>>>;
 
 /// What the stack shares with the rest of the proxy (the admin endpoint reads the limiter and
 /// the in-flight count; the maintenance task evicts stale rate-limit state).
@@ -55,7 +57,7 @@ pub struct StackState {
 
 /// Builds the stack around the forwarder. Outermost first.
 pub fn stack(forward: Forward, state: &StackState) -> HttpService {
-    let svc = ServiceBuilder::new()
+    ServiceBuilder::new()
         // First, so that the id is on the request before anything logs, every log line of the
         // request (the access log, the rescue's error lines) is in its span, and every
         // response — synthetic ones included — carries it back.
@@ -72,8 +74,7 @@ pub fn stack(forward: Forward, state: &StackState) -> HttpService {
         // Innermost limit, right around the forwarder: fail fast instead of queueing once
         // max_in_flight requests wait for upstreams.
         .layer(LoadShedLayer::new(state.in_flight.clone()))
-        .service(forward);
-    BoxCloneSyncService::new(svc)
+        .service(forward)
 }
 
 /// Layer of [`Rescue`].
@@ -113,11 +114,10 @@ pub struct Rescue<S> {
 impl<S, B> Service<Request<B>> for Rescue<S>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
-    S::Future: Send + 'static,
 {
     type Response = Response<ProxyBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = RescueFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // The forwarder is always ready; an error here would be a bug in an inner layer, and
@@ -129,30 +129,51 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let id = req
-            .extensions()
-            .get::<request_id::RequestIdValue>()
-            .cloned();
-        let fut = self.inner.call(req);
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            match fut.await {
-                Ok(res) => Ok(res),
-                Err(e) => {
-                    metrics.request_error(&e);
-                    Ok(rescue(&e, id.as_ref()))
-                }
+        // A reference-counted copy of the id `RequestId` put on the request, kept for the log
+        // line of a failure.
+        let id = RequestIdValue::of(&req);
+        RescueFuture {
+            inner: self.inner.call(req),
+            metrics: self.metrics.clone(),
+            id,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Rescue`].
+    pub struct RescueFuture<F> {
+        #[pin]
+        inner: F,
+        metrics: Metrics,
+        id: Option<RequestIdValue>,
+    }
+}
+
+impl<F> Future for RescueFuture<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(Ok(match ready!(this.inner.poll(cx)) {
+            Ok(res) => res,
+            Err(e) => {
+                this.metrics.request_error(&e);
+                rescue(&e, this.id.as_ref())
             }
-        })
+        }))
     }
 }
 
 /// The response for an error, logged (with the request id, so the line can be found even when
 /// `log.level` leaves out the request span).
 #[must_use]
-pub fn rescue(e: &ProxyError, id: Option<&request_id::RequestIdValue>) -> Response<ProxyBody> {
+pub fn rescue(e: &ProxyError, id: Option<&RequestIdValue>) -> Response<ProxyBody> {
     let status = e.status();
-    let request_id = id.map(request_id::RequestIdValue::as_str);
+    let request_id = id.map(RequestIdValue::as_str);
     match e.origin() {
         ErrorOrigin::Client | ErrorOrigin::Proxy => {
             // Per-request lines for 429/503 would grow with the very load they refuse; the

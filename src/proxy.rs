@@ -17,15 +17,18 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::ResponseFuture;
+use pin_project_lite::pin_project;
 
 use crate::config::{Config, HttpMode, UpstreamUrl};
 use crate::error::ProxyError;
@@ -34,12 +37,74 @@ use crate::tls::SniResolver;
 use upstream::UpstreamClient;
 
 /// Body of every response trackproxy sends: the upstream's, streamed, or a short local one.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody<Incoming>, Full<Bytes>>;
 
-/// How long the upstream took to send its response head; in the extensions of every response
-/// that came from an upstream (the access log and the latency histogram read it).
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamTiming(pub Duration);
+pin_project! {
+    /// The body of a response that came from an upstream, with how long the upstream took to
+    /// send its response head (the access log and the latency histogram read it). Carried by
+    /// the body rather than the response's extensions, which would cost two allocations per
+    /// request.
+    #[derive(Debug)]
+    pub struct UpstreamBody<B> {
+        #[pin]
+        body: B,
+        timing: Duration,
+    }
+}
+
+impl<B> UpstreamBody<B> {
+    /// `body`, whose response head took `timing` to arrive.
+    pub fn new(body: B, timing: Duration) -> Self {
+        UpstreamBody { body, timing }
+    }
+}
+
+impl<B: Body> Body for UpstreamBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// How long the upstream took to send the response head, for bodies that came from one.
+pub trait UpstreamTiming {
+    /// `None` for local answers.
+    fn upstream_timing(&self) -> Option<Duration>;
+}
+
+impl<B> UpstreamTiming for UpstreamBody<B> {
+    fn upstream_timing(&self) -> Option<Duration> {
+        Some(self.timing)
+    }
+}
+
+impl UpstreamTiming for Full<Bytes> {
+    fn upstream_timing(&self) -> Option<Duration> {
+        None
+    }
+}
+
+impl<L: UpstreamTiming, R: UpstreamTiming> UpstreamTiming for Either<L, R> {
+    fn upstream_timing(&self) -> Option<Duration> {
+        match self {
+            Either::Left(b) => b.upstream_timing(),
+            Either::Right(b) => b.upstream_timing(),
+        }
+    }
+}
 
 /// A short local response (errors, redirects, local files).
 #[must_use]
@@ -167,42 +232,132 @@ impl Forward {
 impl tower::Service<Request<Incoming>> for Forward {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
+    type Future = ForwardFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let shared = self.shared.clone();
-        Box::pin(async move { shared.forward(req).await })
+        let state = match self.shared.prepare(req) {
+            Ok(Prepared::Local(res)) => State::Done {
+                result: Some(Ok(res)),
+            },
+            Err(e) => State::Done {
+                result: Some(Err(e)),
+            },
+            Ok(Prepared::Upstream {
+                req,
+                upstream,
+                response_timeout,
+            }) => State::Sending {
+                started: Instant::now(),
+                sent: tokio::time::timeout(response_timeout, self.shared.client.request(req)),
+                upstream,
+                response_timeout,
+            },
+        };
+        ForwardFuture { state }
+    }
+}
+
+/// What the synchronous part of forwarding decided.
+enum Prepared {
+    /// Answered here (ACME challenge, redirect to HTTPS).
+    Local(Response<ProxyBody>),
+    /// To be sent to `upstream`.
+    Upstream {
+        req: Request<Incoming>,
+        upstream: UpstreamUrl,
+        response_timeout: Duration,
+    },
+}
+
+pin_project! {
+    /// Response future of [`Forward`]: a concrete type rather than a boxed `async` block, so
+    /// a request costs no allocation for it.
+    pub struct ForwardFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        // Answered or failed before anything was sent.
+        Done { result: Option<Result<Response<ProxyBody>, ProxyError>> },
+        // Waiting for the upstream's response head.
+        Sending {
+            started: Instant,
+            #[pin]
+            sent: tokio::time::Timeout<ResponseFuture>,
+            upstream: UpstreamUrl,
+            response_timeout: Duration,
+        },
+    }
+}
+
+impl Future for ForwardFuture {
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Done { result } => Poll::Ready(result.take().unwrap_or(Err(
+                ProxyError::BadRequest("future polled after completion"),
+            ))),
+            StateProj::Sending {
+                started,
+                sent,
+                upstream,
+                response_timeout,
+            } => Poll::Ready(match ready!(sent.poll(cx)) {
+                Err(_) => Err(ProxyError::UpstreamTimeout {
+                    upstream: upstream.to_string(),
+                    after: *response_timeout,
+                }),
+                Ok(Err(source)) if source.is_connect() => Err(ProxyError::UpstreamConnect {
+                    upstream: upstream.to_string(),
+                    source,
+                }),
+                Ok(Err(source)) => Err(ProxyError::UpstreamRequest {
+                    upstream: upstream.to_string(),
+                    source,
+                }),
+                Ok(Ok(mut res)) => {
+                    let timing = started.elapsed();
+                    headers::prepare_response(res.headers_mut());
+                    Ok(res.map(|body| Either::Left(UpstreamBody { body, timing })))
+                }
+            }),
+        }
     }
 }
 
 impl Shared {
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    /// Everything before the upstream: checks, routing, local answers, the request as the
+    /// upstream gets it.
+    fn prepare(&self, req: Request<Incoming>) -> Result<Prepared, ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
         }
-        let conn = req
-            .extensions()
-            .get::<ConnInfo>()
-            .cloned()
-            .ok_or(ProxyError::BadRequest("no connection information"))?;
+        let Some(conn) = req.extensions().get::<ConnInfo>() else {
+            return Err(ProxyError::BadRequest("no connection information"));
+        };
         let tls = conn.tls.is_some();
         let target = headers::target(&req, tls)?;
-        let settings = self.settings.load_full();
-        let Some(route) = settings.routes.get(&target.name) else {
+        let settings = self.settings.load();
+        let Some(route) = settings.routes.get(target.name()) else {
             return Err(ProxyError::UnknownHost {
-                host: target.name,
+                host: target.name().to_owned(),
                 tls,
             });
         };
         if let Some(t) = &conn.tls {
             // RFC 9110 §15.5.20: the connection was set up for another host.
-            if *t.sni != target.name {
+            if *t.sni != *target.name() {
                 return Err(ProxyError::Misdirected {
-                    host: target.name,
+                    host: target.name().to_owned(),
                     sni: t.sni.to_string(),
                 });
             }
@@ -218,15 +373,23 @@ impl Shared {
         // port 80. For ACME hosts it is answered here, before any redirect, and never forwarded.
         if !tls
             && let Some(token) = pq.path().strip_prefix(ACME_CHALLENGE_PREFIX)
-            && let Some(answer) = self.acme.http01(&target.name, token)
+            && let Some(answer) = self.acme.http01(target.name(), token)
         {
-            return Ok(http01_response(&target.name, answer));
+            return Ok(Prepared::Local(http01_response(target.name(), answer)));
         }
         if !tls && settings.http_mode == HttpMode::Redirect {
-            return Ok(redirect_to_https(&target.host_header, &pq));
+            return Ok(Prepared::Local(redirect_to_https(&target.host_header, &pq)));
         }
+        let forwarding = headers::Forwarding {
+            client: conn.remote.ip(),
+            // The address that sent us this HTTP request: the load balancer for an L7 one,
+            // the real client behind an L4 one that spoke PROXY protocol.
+            peer_trusted: conn.remote_trusted,
+            proto: if tls { "https" } else { "http" },
+            host: &target.host_header,
+        };
 
-        let upstream = &route.upstream;
+        let upstream = route.upstream.clone();
         let (mut parts, body) = req.into_parts();
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(upstream.scheme.clone());
@@ -234,47 +397,13 @@ impl Shared {
         uri.path_and_query = Some(pq);
         parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("request target"))?;
         parts.version = Version::HTTP_11;
+        headers::prepare_request(&mut parts.headers, &forwarding);
         parts.extensions = http::Extensions::new();
-        headers::prepare_request(
-            &mut parts.headers,
-            &headers::Forwarding {
-                client: conn.remote.ip(),
-                // The address that sent us this HTTP request: the load balancer for an L7 one,
-                // the real client behind an L4 one that spoke PROXY protocol.
-                peer_trusted: conn.remote_trusted,
-                proto: if tls { "https" } else { "http" },
-                host: &target.host_header,
-            },
-        );
-        let response_timeout = settings.response_timeout;
-
-        let started = std::time::Instant::now();
-        let sent = self.client.request(Request::from_parts(parts, body));
-        let mut res = match tokio::time::timeout(response_timeout, sent).await {
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    upstream: upstream.to_string(),
-                    after: response_timeout,
-                });
-            }
-            Ok(Err(source)) if source.is_connect() => {
-                return Err(ProxyError::UpstreamConnect {
-                    upstream: upstream.to_string(),
-                    source,
-                });
-            }
-            Ok(Err(source)) => {
-                return Err(ProxyError::UpstreamRequest {
-                    upstream: upstream.to_string(),
-                    source,
-                });
-            }
-            Ok(Ok(res)) => res,
-        };
-        res.extensions_mut()
-            .insert(UpstreamTiming(started.elapsed()));
-        headers::prepare_response(res.headers_mut());
-        Ok(res.map(Either::Left))
+        Ok(Prepared::Upstream {
+            req: Request::from_parts(parts, body),
+            upstream,
+            response_timeout: settings.response_timeout,
+        })
     }
 }
 

@@ -13,9 +13,10 @@
 //! read at each end): `trackproxy_requests_total` when the head is sent, the latency histograms
 //! when the body ends.
 //!
-//! Nothing is formatted or allocated for the log on the request path: the facts are kept as
-//! the (reference-counted) header values and URI the request already has, and formatted by the
-//! log writer only when the event is emitted.
+//! Nothing is formatted for the log on the request path: the facts are kept as the
+//! (reference-counted) header values and URI the request already has, and formatted by the log
+//! writer only when the event is emitted. With the access log off (`log.level` above `info`)
+//! they are not even kept: only what the metrics need is.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -81,7 +82,7 @@ pub struct AccessLog<S> {
 impl<S, B, ResB> Service<Request<B>> for AccessLog<S>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
-    ResB: Body,
+    ResB: Body + UpstreamTiming,
 {
     type Response = Response<LoggedBody<ResB>>;
     type Error = S::Error;
@@ -113,7 +114,7 @@ pin_project! {
 impl<F, ResB, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
-    ResB: Body,
+    ResB: Body + UpstreamTiming,
 {
     type Output = Result<Response<LoggedBody<ResB>>, E>;
 
@@ -126,7 +127,7 @@ where
         };
         Poll::Ready(match res {
             Ok(res) => {
-                record.head(res.status(), res.extensions().get::<UpstreamTiming>());
+                record.head(res.status(), res.body().upstream_timing());
                 // hyper never polls a body that is empty from the start (HEAD, 204, 304).
                 record.completed = res.body().is_end_stream();
                 Ok(res.map(|inner| LoggedBody {
@@ -201,6 +202,18 @@ impl<B: Body> Body for LoggedBody<B> {
 struct Record {
     start: Instant,
     method: Method,
+    host: HostHandle,
+    status: Option<StatusCode>,
+    upstream: Option<Duration>,
+    bytes: u64,
+    completed: bool,
+    /// What only the log line needs: `None` when the access log is off (`log.level` above
+    /// `info`), so that a request then copies nothing for it.
+    log: Option<Box<LogFacts>>,
+}
+
+/// The facts of a request only the access log line reads.
+struct LogFacts {
     uri: Uri,
     host_header: Option<HeaderValue>,
     version: Version,
@@ -209,48 +222,48 @@ struct Record {
     tls: Option<&'static str>,
     request_id: Option<RequestIdValue>,
     span: Span,
-    host: HostHandle,
     query: bool,
-    status: Option<StatusCode>,
-    upstream: Option<Duration>,
-    bytes: u64,
-    completed: bool,
 }
 
 impl Record {
     fn new<B>(req: &Request<B>, metrics: &Metrics, query: bool) -> Self {
-        let host_header = req.headers().get(header::HOST).cloned();
-        let host = request_host(req.uri(), host_header.as_ref());
+        let host_header = req.headers().get(header::HOST);
+        let host = request_host(req.uri(), host_header);
         let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             metrics.host(&host.to_ascii_lowercase())
         } else {
             metrics.host(host)
         };
-        let conn = req.extensions().get::<ConnInfo>();
+        let log = tracing::enabled!(target: TARGET, tracing::Level::INFO).then(|| {
+            let conn = req.extensions().get::<ConnInfo>();
+            Box::new(LogFacts {
+                uri: req.uri().clone(),
+                host_header: host_header.cloned(),
+                version: req.version(),
+                user_agent: req.headers().get(header::USER_AGENT).cloned(),
+                client: conn.map(|c| c.client.ip()),
+                tls: conn.and_then(|c| c.tls.as_ref()).map(|t| t.version),
+                request_id: RequestIdValue::of(req),
+                span: Span::current(),
+                query,
+            })
+        });
         Record {
             start: Instant::now(),
             method: req.method().clone(),
-            uri: req.uri().clone(),
-            host_header,
-            version: req.version(),
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
-            client: conn.map(|c| c.client.ip()),
-            tls: conn.and_then(|c| c.tls.as_ref()).map(|t| t.version),
-            request_id: req.extensions().get::<RequestIdValue>().cloned(),
-            span: Span::current(),
             host,
-            query,
             status: None,
             upstream: None,
             bytes: 0,
             completed: false,
+            log,
         }
     }
 
     /// The response head is ready.
-    fn head(&mut self, status: StatusCode, upstream: Option<&UpstreamTiming>) {
+    fn head(&mut self, status: StatusCode, upstream: Option<Duration>) {
         self.status = Some(status);
-        self.upstream = upstream.map(|t| t.0);
+        self.upstream = upstream;
         self.host.request(&self.method, status);
     }
 }
@@ -271,23 +284,23 @@ impl Drop for Record {
         if let Some(u) = self.upstream {
             self.host.upstream_duration(u);
         }
-        if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        let Some(log) = self.log.take() else {
             return;
-        }
-        let path = if self.query {
-            self.uri.path_and_query().map_or("/", |pq| pq.as_str())
-        } else {
-            self.uri.path()
         };
-        let host = request_host(&self.uri, self.host_header.as_ref());
-        let user_agent = self.user_agent.as_ref().map(|v| lossy(v.as_bytes()));
-        let version = version_str(self.version);
-        let request_id = self.request_id.as_ref().map(RequestIdValue::as_str);
+        let path = if log.query {
+            log.uri.path_and_query().map_or("/", |pq| pq.as_str())
+        } else {
+            log.uri.path()
+        };
+        let host = request_host(&log.uri, log.host_header.as_ref());
+        let user_agent = log.user_agent.as_ref().map(|v| lossy(v.as_bytes()));
+        let version = version_str(log.version);
+        let request_id = log.request_id.as_ref().map(RequestIdValue::as_str);
         let upstream_ms = self.upstream.map(millis);
-        self.span.in_scope(|| {
+        log.span.in_scope(|| {
             tracing::info!(
                 target: TARGET,
-                client = self.client.map(tracing::field::display),
+                client = log.client.map(tracing::field::display),
                 host,
                 method = self.method.as_str(),
                 path,
@@ -296,7 +309,7 @@ impl Drop for Record {
                 duration_ms = millis(duration),
                 upstream_ms,
                 version,
-                tls = self.tls,
+                tls = log.tls,
                 request_id,
                 user_agent = user_agent.as_deref(),
                 completed = self.completed,
@@ -364,6 +377,7 @@ mod tests {
 
     use super::*;
     use crate::middleware::request_id::RequestIdLayer;
+    use crate::proxy::UpstreamBody;
     use crate::server::TlsInfo;
     use crate::telemetry::metrics::Snapshot;
 
@@ -433,11 +447,12 @@ mod tests {
         r
     }
 
-    async fn stub(_req: Request<()>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let mut res = Response::new(Full::new(Bytes::from_static(b"hello world")));
+    async fn stub(_req: Request<()>) -> Result<Response<UpstreamBody<Full<Bytes>>>, Infallible> {
+        let mut res = Response::new(UpstreamBody::new(
+            Full::new(Bytes::from_static(b"hello world")),
+            Duration::from_millis(7),
+        ));
         *res.status_mut() = StatusCode::FOUND;
-        res.extensions_mut()
-            .insert(UpstreamTiming(Duration::from_millis(7)));
         Ok(res)
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -20,11 +21,21 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Longest client id kept. Longer ones are replaced: ids end up in every log line.
 pub const MAX_LEN: usize = 128;
 
-/// The id of the request, in its extensions (set by [`RequestId`]).
+/// The id of a request: its one `X-Request-Id` header once [`RequestId`] has run.
+///
+/// Read from the header rather than kept in the request's extensions: inner layers see exactly
+/// one sane `X-Request-Id`, and a header value is reference-counted, so taking a copy costs
+/// no allocation (an extension would cost one per request).
 #[derive(Debug, Clone)]
 pub struct RequestIdValue(HeaderValue);
 
 impl RequestIdValue {
+    /// The id of `req` (`None` outside [`RequestId`] when the client sent none).
+    #[must_use]
+    pub fn of<B>(req: &Request<B>) -> Option<Self> {
+        req.headers().get(X_REQUEST_ID).cloned().map(RequestIdValue)
+    }
+
     /// The id as text (always ASCII).
     #[must_use]
     pub fn as_str(&self) -> &str {
@@ -88,7 +99,11 @@ impl IdGenerator {
         let mut buf = [0u8; 32];
         hex(self.prefix, &mut buf[..16]);
         hex(scramble(n.wrapping_add(self.key)), &mut buf[16..]);
-        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+        // One allocation that holds the digits and a reference count: the id is cloned onto
+        // the request and the response. (`HeaderValue::from_bytes` would copy into a buffer
+        // that allocates a second time on its first clone.)
+        HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
+            .expect("hex digits are a valid header value")
     }
 }
 
@@ -179,7 +194,6 @@ where
         // no span is built per request; the warning and error lines of a request carry its id
         // as a field of their own (see `middleware::rescue`).
         let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or(""));
-        req.extensions_mut().insert(RequestIdValue(id.clone()));
         let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture {
             inner,
@@ -226,11 +240,12 @@ mod tests {
 
     use super::*;
 
-    /// Echoes the id the inner service saw (header and extension) in the response body.
+    /// Echoes the id the inner service saw (header, and as inner layers read it) in the
+    /// response body.
     async fn echo(req: Request<()>) -> Result<Response<String>, Infallible> {
         let header = req.headers()[X_REQUEST_ID].to_str().unwrap().to_owned();
-        let ext = req.extensions().get::<RequestIdValue>().unwrap().as_str();
-        assert_eq!(header, ext);
+        let id = RequestIdValue::of(&req).unwrap();
+        assert_eq!(header, id.as_str());
         assert_eq!(req.headers().get_all(X_REQUEST_ID).iter().count(), 1);
         Ok(Response::new(header))
     }

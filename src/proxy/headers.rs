@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::Authority;
 use http::{Request, Version};
@@ -12,11 +13,45 @@ use crate::error::ProxyError;
 /// The host a request is addressed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    /// Host name for routing: lower case, no trailing dot, no port.
-    pub(crate) name: String,
+    /// Where the host name is read from.
+    host: Host,
+    /// `Some` only when the host needed lower-casing: most clients send it in lower case.
+    lower: Option<String>,
     /// What the upstream gets as `Host`: the host as the client sent it, with the port only
     /// if it is not the default port of the client's scheme.
     pub(crate) host_header: HeaderValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Host {
+    /// The host of this authority.
+    Authority(Authority),
+    /// `host_header` is a bare lower-case host name.
+    Header,
+}
+
+impl Target {
+    /// Host name for routing: lower case, no trailing dot, no port.
+    pub(crate) fn name(&self) -> &str {
+        if let Some(lower) = &self.lower {
+            return lower;
+        }
+        let host = match &self.host {
+            Host::Authority(a) => a.host(),
+            Host::Header => self.host_header.to_str().unwrap_or(""),
+        };
+        host.strip_suffix('.').unwrap_or(host)
+    }
+}
+
+/// Whether a `Host` value is a bare host name in lower case: letters, digits, `-` and `.`.
+/// Such a value is a valid authority whose host is the whole value and that has no port, so
+/// it needs neither parsing nor a copy. Anything else (ports, IP literals, upper case, invalid
+/// characters) goes through [`Authority`].
+fn is_plain_host(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 /// Finds the host a request is for (RFC 9112 §3.2, RFC 9113 §8.3.1).
@@ -30,6 +65,17 @@ pub(crate) fn target<B>(req: &Request<B>, tls: bool) -> Result<Target, ProxyErro
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if req.uri().authority().is_none()
+        && let Some(h) = host_header
+        && is_plain_host(h.as_bytes())
+    {
+        // The usual HTTP/1.1 request: `Host: url1234.example.com`.
+        return Ok(Target {
+            host: Host::Header,
+            lower: None,
+            host_header: h.clone(),
+        });
     }
     let authority = if let Some(auth) = req.uri().authority() {
         if req.version() == Version::HTTP_2
@@ -59,13 +105,42 @@ pub(crate) fn target<B>(req: &Request<B>, tls: bool) -> Result<Target, ProxyErro
         Some(p) if p != default_port => authority.as_str(),
         _ => host,
     };
-    let host_header = HeaderValue::from_str(sent)
-        .map_err(|_| ProxyError::BadRequest("Host header is not a valid authority"))?;
+    let host_header = match host_header {
+        // `Host` is already what the upstream gets. Its value shares the request's buffer, so
+        // this copy costs no allocation.
+        Some(h) if h.as_bytes() == sent.as_bytes() => h.clone(),
+        // HTTP/2 (`:authority`), or a port to drop: a view of the authority, which is
+        // reference-counted. One allocation, and none more when the value is cloned into
+        // X-Forwarded-Host (a copied value would allocate again on its first clone).
+        _ if authority.as_str().starts_with(sent) => {
+            let len = sent.len();
+            HeaderValue::from_maybe_shared(
+                Bytes::from_owner(AuthorityText(authority.clone())).slice(..len),
+            )
+            .map_err(|_| ProxyError::BadRequest("Host header is not a valid authority"))?
+        }
+        _ => HeaderValue::from_str(sent)
+            .map_err(|_| ProxyError::BadRequest("Host header is not a valid authority"))?,
+    };
     let trimmed = host.strip_suffix('.').unwrap_or(host);
+    let lower = trimmed
+        .bytes()
+        .any(|b| b.is_ascii_uppercase())
+        .then(|| trimmed.to_ascii_lowercase());
     Ok(Target {
-        name: trimmed.to_ascii_lowercase(),
+        host: Host::Authority(authority),
+        lower,
         host_header,
     })
+}
+
+/// An authority's text as bytes, for [`Bytes::from_owner`].
+struct AuthorityText(Authority);
+
+impl AsRef<[u8]> for AuthorityText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_str().as_bytes()
+    }
 }
 
 /// Hop-by-hop fields always removed (RFC 9110 §7.6.1, plus the non-standard ones proxies
@@ -83,6 +158,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop fields: those named in `Connection` first, then the fixed set.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none of them: one pass over the (few) names instead
+    // of a lookup per hop-by-hop name. `Connection` is in the set.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -122,25 +202,25 @@ pub(crate) fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     headers.remove(header::EXPECT);
     headers.insert(header::HOST, fwd.host.clone());
 
-    let client = fwd.client.to_string();
-    let xff = if fwd.peer_trusted {
-        let prior: Vec<&str> = headers
+    let prior: Vec<&str> = if fwd.peer_trusted {
+        headers
             .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|v| !v.is_empty())
-            .collect();
-        if prior.is_empty() {
-            client
-        } else {
-            format!("{}, {client}", prior.join(", "))
-        }
+            .collect()
     } else {
         headers.remove(header::FORWARDED);
-        client
+        Vec::new()
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let xff = if prior.is_empty() {
+        // The usual case: the address alone, formatted on the stack and copied once.
+        ip_header_value(fwd.client)
+    } else {
+        HeaderValue::from_str(&format!("{}, {}", prior.join(", "), fwd.client)).ok()
+    };
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {
@@ -149,6 +229,42 @@ pub(crate) fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     if !(fwd.peer_trusted && headers.contains_key(X_FORWARDED_HOST)) {
         headers.insert(X_FORWARDED_HOST, fwd.host.clone());
     }
+}
+
+/// An address as a header value, without an intermediate `String`.
+fn ip_header_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write as _;
+    // The longest text form of an IPv6 address is 45 characters.
+    let mut buf = [0u8; 48];
+    let len = match ip {
+        // By hand: `Ipv4Addr`'s `Display` costs about twenty times as much.
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    buf[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    buf[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + octet % 10;
+                len += 1;
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            write!(cursor, "{ip}").ok()?;
+            usize::try_from(cursor.position()).ok()?
+        }
+    };
+    HeaderValue::from_bytes(buf.get(..len)?).ok()
 }
 
 /// Prepares a response's headers for the client: hop-by-hop removed, everything else
@@ -180,7 +296,12 @@ mod tests {
 
     fn t(version: Version, uri: &str, hosts: &[&str], tls: bool) -> Outcome {
         target(&req(version, uri, hosts), tls)
-            .map(|t| (t.name, t.host_header.to_str().unwrap().to_owned()))
+            .map(|t| {
+                (
+                    t.name().to_owned(),
+                    t.host_header.to_str().unwrap().to_owned(),
+                )
+            })
             .map_err(|e| e.to_string())
     }
 
@@ -272,6 +393,27 @@ mod tests {
             (
                 V::HTTP_11,
                 "/",
+                &[""],
+                true,
+                Err("bad request: Host header is not a valid authority"),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["192.0.2.1:8443"],
+                true,
+                Ok(("192.0.2.1", "192.0.2.1:8443")),
+            ),
+            (
+                V::HTTP_11,
+                "/",
+                &["[2001:db8::1]"],
+                true,
+                Ok(("[2001:db8::1]", "[2001:db8::1]")),
+            ),
+            (
+                V::HTTP_11,
+                "/",
                 &["user@url1.example.com"],
                 true,
                 Err("bad request: user information in the request target"),
@@ -289,6 +431,20 @@ mod tests {
                 &["URL1.example.com"],
                 true,
                 Ok(("url1.example.com", "url1.example.com")),
+            ),
+            (
+                V::HTTP_2,
+                "https://url1.example.com:443/x",
+                &[],
+                true,
+                Ok(("url1.example.com", "url1.example.com")),
+            ),
+            (
+                V::HTTP_2,
+                "https://URL1.example.com:8443/x",
+                &[],
+                true,
+                Ok(("url1.example.com", "URL1.example.com:8443")),
             ),
             (
                 V::HTTP_2,
@@ -378,5 +534,41 @@ mod tests {
             "198.51.100.1, 198.51.100.2, 2001:db8::1"
         );
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+
+        // The longest address forms fit the stack buffer.
+        for ip in [
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "255.255.255.255",
+            "0.0.0.0",
+            "10.100.9.199",
+            "192.0.2.20",
+        ] {
+            let mut h = HeaderMap::new();
+            let fwd = Forwarding {
+                client: ip.parse().unwrap(),
+                peer_trusted: true,
+                proto: "https",
+                host: &host,
+            };
+            prepare_request(&mut h, &fwd);
+            assert_eq!(h[X_FORWARDED_FOR], ip);
+        }
+    }
+
+    /// `Host` as the client sent it is passed on as the same value, not a copy.
+    #[test]
+    fn unchanged_host_header_is_reused() {
+        let r = req(Version::HTTP_11, "/", &["url1.example.com"]);
+        let t = target(&r, true).unwrap();
+        assert_eq!(
+            t.host_header.as_bytes().as_ptr(),
+            r.headers()[header::HOST].as_bytes().as_ptr()
+        );
+        assert!(t.lower.is_none(), "no lower-case copy of a lower-case host");
+        assert_eq!(t.host, Host::Header, "no parse of a bare host name");
+        let r = req(Version::HTTP_11, "/", &["URL1.example.com."]);
+        let t = target(&r, true).unwrap();
+        assert_eq!(t.name(), "url1.example.com");
     }
 }
