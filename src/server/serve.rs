@@ -299,7 +299,7 @@ async fn serve_h1_until_idle<S: Socket>(
     let mut park = None;
     let res = loop {
         tokio::select! {
-            res = std::future::poll_fn(|cx| match conn.poll_without_shutdown(cx) {
+            res = std::future::poll_fn(|cx| match Pin::new(&mut *conn).poll(cx) {
                 Poll::Ready(res) => Poll::Ready(Some(res)),
                 // The connection's first response is out and hyper waits for more: most
                 // clicks make one request per connection, so park at once.
@@ -311,11 +311,13 @@ async fn serve_h1_until_idle<S: Socket>(
                     break res;
                 }
                 park = Some(Duration::ZERO);
+                state.parking.store(true, Ordering::Relaxed);
                 Pin::new(&mut *conn).graceful_shutdown();
             }
             () = token.cancelled(), if !closing => {
                 closing = true;
                 park = None;
+                state.parking.store(false, Ordering::Relaxed);
                 Pin::new(&mut *conn).graceful_shutdown();
             }
             _ = clock.interval.tick(), if !closing && park.is_none() => {
@@ -333,19 +335,26 @@ async fn serve_h1_until_idle<S: Socket>(
                     break Ok(());
                 } else if state.completed() != built.1 && state.parkable() {
                     // A response was sent, nothing is in flight: hyper is idle between
-                    // requests, and ends at once without touching the socket (anything it
-                    // read of a next request comes back in `Parts::read_buf`). Were it busy
-                    // after all, it would finish that exchange first.
+                    // requests, and ends at once (anything it read of a next request comes
+                    // back in `Parts::read_buf`). Were it busy after all, it would finish that
+                    // exchange first.
                     park = Some(idle);
+                    state.parking.store(true, Ordering::Relaxed);
                     Pin::new(&mut *conn).graceful_shutdown();
                 }
             }
         }
     };
+    // While `parking` was set, the socket ignored hyper's closing it.
+    state.parking.store(false, Ordering::Relaxed);
     if let Err(e) = res {
         log_connection_error(&e);
         return (None, Ended::Closed);
     }
+    let Some(idle) = park else {
+        // hyper is done and has closed the socket.
+        return (None, Ended::Closed);
+    };
     let parts = conn.into_parts();
     let mut io = parts.io.into_inner();
     if !parts.read_buf.is_empty() {
@@ -357,10 +366,11 @@ async fn serve_h1_until_idle<S: Socket>(
             joined.freeze()
         };
     }
-    match park {
-        Some(idle) if !token.is_cancelled() => (Some(io), Ended::Parked { idle }),
-        _ => (Some(io), Ended::Closed),
+    if token.is_cancelled() {
+        // Shutdown came while parking: the caller closes the socket.
+        return (Some(io), Ended::Closed);
     }
+    (Some(io), Ended::Parked { idle })
 }
 
 /// Closes a connection the way hyper would: TLS `close_notify`, then FIN.
@@ -424,6 +434,9 @@ struct ConnState {
     /// Whether hyper has written bytes it has not flushed since (they could sit in its own
     /// write buffer).
     unflushed: AtomicBool,
+    /// Set while an HTTP/1 connection is being parked: hyper's closing the socket at the end
+    /// is ignored, the socket stays open.
+    parking: AtomicBool,
 }
 
 impl ConnState {
@@ -523,6 +536,9 @@ impl<S: Socket> AsyncWrite for ConnIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.state.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -593,18 +609,22 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// The response future of [`ConnService`].
-struct ConnFuture {
-    inner: Instrumented<Oneshot<HttpService, Request<Incoming>>>,
-    guard: Option<InFlightGuard>,
+pin_project! {
+    /// The response future of [`ConnService`].
+    struct ConnFuture {
+        #[pin]
+        inner: Instrumented<Oneshot<HttpService, Request<Incoming>>>,
+        guard: Option<InFlightGuard>,
+    }
 }
 
 impl Future for ConnFuture {
     type Output = Result<Response<ConnBody>, Infallible>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let res = ready!(Pin::new(&mut self.inner).poll(cx));
-        let guard = self.guard.take();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        let guard = this.guard.take();
         Poll::Ready(res.map(|res| {
             res.map(|inner| ConnBody {
                 inner,
