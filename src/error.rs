@@ -37,7 +37,7 @@ pub enum ProxyError {
         upstream: String,
         /// What failed.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::proxy::upstream::UpstreamError,
     },
     /// The upstream connection failed after connecting (reset, malformed response, …).
     #[error("upstream {upstream}: request failed")]
@@ -46,7 +46,7 @@ pub enum ProxyError {
         upstream: String,
         /// What failed.
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::proxy::upstream::UpstreamError,
     },
     /// The upstream did not answer with a response head in time.
     #[error("upstream {upstream} did not respond within {after:?}")]

@@ -27,17 +27,16 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, hea
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::ResponseFuture;
 use pin_project_lite::pin_project;
 
 use crate::config::{Config, HttpMode, UpstreamUrl};
 use crate::error::ProxyError;
 use crate::server::ConnInfo;
 use crate::tls::SniResolver;
-use upstream::UpstreamClient;
+use upstream::{PooledBody, ResponseFuture, UpstreamClient};
 
 /// Body of every response trackproxy sends: the upstream's, streamed, or a short local one.
-pub type ProxyBody = Either<UpstreamBody<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody<PooledBody>, Full<Bytes>>;
 
 pin_project! {
     /// The body of a response that came from an upstream, with how long the upstream took to

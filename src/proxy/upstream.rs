@@ -8,25 +8,28 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tower::Service;
 
 use crate::config::{self, UpstreamConfig};
-
-/// The client the forwarder sends requests with.
-pub type UpstreamClient = Client<Connector, Incoming>;
 
 /// Builds the pooled client.
 ///
@@ -53,17 +56,297 @@ pub fn client(
         timeout: cfg.connect_timeout,
         opened: opened.clone(),
     };
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle)
-        .pool_timer(TokioTimer::new())
-        // As on the server side: rustls would concatenate vectored writes into a new buffer.
-        .http1_writev(false)
-        .timer(TokioTimer::new())
-        // Host is always set by the forwarder to the branded host.
-        .set_host(false)
-        .build(connector);
+    let mut conn_builder = http1::Builder::new();
+    // As on the server side: rustls would concatenate vectored writes into a new buffer.
+    conn_builder.writev(false);
+    let client = UpstreamClient {
+        pool: Arc::new(Pool {
+            connector,
+            http1: conn_builder,
+            idle: Mutex::new(Vec::new()),
+            max_idle: cfg.pool_max_idle,
+            idle_timeout: cfg.pool_idle_timeout,
+            sweeping: AtomicBool::new(false),
+        }),
+    };
     Ok((client, opened))
+}
+
+/// The HTTP/1.1 client to the upstreams, with a pool of keep-alive connections per upstream
+/// origin (scheme and authority).
+///
+/// A small pool of its own rather than hyper-util's general one: a request checks out the
+/// connection used last (LIFO, so surplus connections idle out), waits until it is ready, and
+/// sends; the connection goes back when the response body has been read to its end (a body
+/// dropped early takes its connection with it). A request that a reused connection could not
+/// take (closed by the upstream meanwhile) is sent again on another. Idle connections are
+/// closed after `upstream.pool_idle_timeout` (DNS is resolved again for new ones), and at most
+/// `upstream.pool_max_idle` are kept per origin.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient").finish_non_exhaustive()
+    }
+}
+
+/// The response future of [`UpstreamClient::request`].
+pub type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection: DNS, TCP, TLS or the connect timeout.
+    #[error("connect")]
+    Connect(#[source] BoxError),
+    /// The connection failed while sending the request or reading the response head.
+    #[error("request")]
+    Request(#[source] hyper::Error),
+    /// The request has no absolute `https://` or `http://` target (a bug in the caller).
+    #[error("request target without scheme and authority")]
+    Target,
+}
+
+impl UpstreamError {
+    /// Whether no connection could be made.
+    #[must_use]
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+impl UpstreamClient {
+    /// Sends `req` (absolute-form target) on a pooled or new connection, in origin form.
+    pub fn request(&self, req: Request<Incoming>) -> ResponseFuture {
+        Box::pin(send(self.pool.clone(), req))
+    }
+}
+
+struct Pool {
+    connector: Connector,
+    http1: http1::Builder,
+    /// Idle connections per origin; few origins, so a list.
+    idle: Mutex<Vec<(Origin, Vec<Idle>)>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Whether the task closing idle connections runs.
+    sweeping: AtomicBool,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+async fn send(
+    pool: Arc<Pool>,
+    mut req: Request<Incoming>,
+) -> Result<Response<PooledBody>, UpstreamError> {
+    let (Some(scheme), Some(authority)) = (req.uri().scheme(), req.uri().authority()) else {
+        return Err(UpstreamError::Target);
+    };
+    let origin = Origin {
+        scheme: scheme.clone(),
+        authority: authority.clone(),
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(pq);
+    while let Some(mut tx) = pool.checkout(&origin) {
+        // Ready once the previous response has been read out; an error means it closed.
+        if tx.ready().await.is_err() {
+            continue;
+        }
+        match tx.try_send_request(req).await {
+            Ok(res) => return Ok(pool.pooled(res, tx, origin)),
+            Err(mut e) => match e.take_message() {
+                // Not sent: the connection was closing. Another one gets it.
+                Some(unsent) => req = unsent,
+                None => return Err(UpstreamError::Request(e.into_error())),
+            },
+        }
+    }
+    let mut tx = pool.connect(&origin).await?;
+    tx.ready().await.map_err(UpstreamError::Request)?;
+    let res = tx.send_request(req).await.map_err(UpstreamError::Request)?;
+    Ok(pool.pooled(res, tx, origin))
+}
+
+impl Pool {
+    /// The connection to `origin` used last, if one is idle and open.
+    fn checkout(&self, origin: &Origin) -> Option<http1::SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_, list) = idle.iter_mut().find(|(o, _)| o == origin)?;
+        while let Some(c) = list.pop() {
+            if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
+                return Some(c.tx);
+            }
+        }
+        None
+    }
+
+    async fn connect(
+        &self,
+        origin: &Origin,
+    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+        let uri = Uri::builder()
+            .scheme(origin.scheme.clone())
+            .authority(origin.authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(UpstreamError::Connect)?;
+        let (tx, conn) = self
+            .http1
+            .handshake(io)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %crate::error::chain(&e), "upstream connection closed");
+            }
+        });
+        Ok(tx)
+    }
+
+    fn pooled(
+        self: &Arc<Self>,
+        res: Response<Incoming>,
+        tx: http1::SendRequest<Incoming>,
+        origin: Origin,
+    ) -> Response<PooledBody> {
+        let home = Some(Home {
+            pool: Arc::downgrade(self),
+            tx,
+            origin,
+        });
+        res.map(|inner| PooledBody {
+            inner,
+            ended: false,
+            home,
+        })
+    }
+
+    /// Takes back a connection whose response was read to its end.
+    fn put(self: &Arc<Self>, origin: Origin, tx: http1::SendRequest<Incoming>) {
+        if self.max_idle == 0 || tx.is_closed() {
+            return;
+        }
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let since = Instant::now();
+            if let Some((_, list)) = idle.iter_mut().find(|(o, _)| *o == origin) {
+                if list.len() >= self.max_idle {
+                    return;
+                }
+                list.push(Idle { tx, since });
+            } else {
+                idle.push((origin, vec![Idle { tx, since }]));
+            }
+        }
+        if !self.sweeping.load(Ordering::Relaxed)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+            && !self.sweeping.swap(true, Ordering::Relaxed)
+        {
+            rt.spawn(sweep(Arc::downgrade(self), self.idle_timeout));
+        }
+    }
+}
+
+/// Closes idle connections past `upstream.pool_idle_timeout`, until the pool is gone.
+async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
+    let period = (idle_timeout / 2).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, list) in idle.iter_mut() {
+            list.retain(|c| !c.tx.is_closed() && c.since.elapsed() < idle_timeout);
+        }
+    }
+}
+
+/// Where a connection goes back when its response is done.
+struct Home {
+    pool: Weak<Pool>,
+    tx: http1::SendRequest<Incoming>,
+    origin: Origin,
+}
+
+pin_project! {
+    /// A response body from an upstream; its connection returns to the pool once the body has
+    /// been read to its end.
+    pub struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        ended: bool,
+        home: Option<Home>,
+    }
+
+    impl PinnedDrop for PooledBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !(*this.ended || this.inner.is_end_stream()) {
+                // Unread bytes on the connection: hyper closes it.
+                return;
+            }
+            if let Some(home) = this.home.take()
+                && let Some(pool) = home.pool.upgrade()
+            {
+                pool.put(home.origin, home.tx);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody").finish_non_exhaustive()
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            *this.ended = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn client_tls(cfg: &UpstreamConfig, origin: &str) -> Result<rustls::ClientConfig, config::Errors> {
@@ -161,7 +444,8 @@ impl hyper::rt::Write for Conn {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// A boxed error, as connectors return them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower::Service<Uri> for Connector {
     type Response = Conn;

@@ -221,15 +221,25 @@ impl Upstream {
     /// Like [`Upstream::start`], with a certificate for `names` (e.g. `localhost` plus a
     /// name that a test DNS server resolves to 127.0.0.1).
     pub async fn start_with_names(ca: &TestCa, names: &[&str]) -> Self {
-        Self::spawn(Some(TlsAcceptor::from(ca.server_config(names)))).await
+        Self::spawn(Some(TlsAcceptor::from(ca.server_config(names))), None).await
+    }
+
+    /// Like [`Upstream::start`], closing keep-alive connections that stay idle for `idle`
+    /// (as real servers do, SendGrid's included).
+    pub async fn start_closing_idle_after(ca: &TestCa, idle: Duration) -> Self {
+        Self::spawn(
+            Some(TlsAcceptor::from(ca.server_config(&["localhost"]))),
+            Some(idle),
+        )
+        .await
     }
 
     /// Plain-HTTP variant (`http://127.0.0.1:PORT`).
     pub async fn start_plain() -> Self {
-        Self::spawn(None).await
+        Self::spawn(None, None).await
     }
 
-    async fn spawn(tls: Option<TlsAcceptor>) -> Self {
+    async fn spawn(tls: Option<TlsAcceptor>, idle_close: Option<Duration>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let record = Arc::new(Record::default());
@@ -254,9 +264,9 @@ impl Upstream {
                                 return;
                             };
                             let sni = s.get_ref().1.server_name().map(str::to_owned);
-                            serve_upstream(TokioIo::new(s), rec, sni).await;
+                            serve_upstream(TokioIo::new(s), rec, sni, idle_close).await;
                         }
-                        None => serve_upstream(TokioIo::new(stream), rec, None).await,
+                        None => serve_upstream(TokioIo::new(stream), rec, None, idle_close).await,
                     }
                 });
             }
@@ -289,8 +299,12 @@ impl Upstream {
     }
 }
 
-async fn serve_upstream<I>(io: TokioIo<I>, rec: Arc<Record>, sni: Option<String>)
-where
+async fn serve_upstream<I>(
+    io: TokioIo<I>,
+    rec: Arc<Record>,
+    sni: Option<String>,
+    idle_close: Option<Duration>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -325,9 +339,14 @@ where
             Ok::<_, std::convert::Infallible>(upstream_response(&target, body_len).await)
         }
     });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(io, svc)
-        .await;
+    let mut b = hyper::server::conn::http1::Builder::new();
+    if let Some(idle) = idle_close {
+        // hyper's header-read timer also runs while a keep-alive connection waits for its
+        // next request: the connection is closed after `idle`.
+        b.timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(idle);
+    }
+    let _ = b.serve_connection(io, svc).await;
 }
 
 async fn upstream_response(target: &str, body_len: u64) -> Response<Full<Bytes>> {
