@@ -101,10 +101,10 @@ pub type ResponseFuture =
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection: DNS, TCP, TLS or the connect timeout.
-    #[error("connect")]
+    #[error("cannot connect")]
     Connect(#[source] BoxError),
     /// The connection failed while sending the request or reading the response head.
-    #[error("request")]
+    #[error("connection failed")]
     Request(#[source] hyper::Error),
     /// The request has no absolute `https://` or `http://` target (a bug in the caller).
     #[error("request target without scheme and authority")]
