@@ -186,16 +186,32 @@ async fn send(
 }
 
 impl Pool {
-    /// The connection to `origin` used last, if one is idle and open.
+    /// An idle, open connection to `origin`: the one used last that is ready now (its
+    /// previous response fully processed), else the one used last.
     fn checkout(&self, origin: &Origin) -> Option<http1::SendRequest<Incoming>> {
+        /// How many open but not yet ready connections to pass over looking for a ready one.
+        const LOOK_PAST: usize = 4;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let (_, list) = idle.iter_mut().find(|(o, _)| o == origin)?;
-        while let Some(c) = list.pop() {
-            if !c.tx.is_closed() && c.since.elapsed() < self.idle_timeout {
-                return Some(c.tx);
+        let now = Instant::now();
+        let mut fallback: Option<usize> = None;
+        let mut passed = 0;
+        let mut i = list.len();
+        while i > 0 && passed < LOOK_PAST {
+            i -= 1;
+            let c = &list[i];
+            if c.tx.is_closed() || now.saturating_duration_since(c.since) >= self.idle_timeout {
+                list.remove(i);
+                // Everything after `i` moved down by one.
+                fallback = fallback.map(|f| f - 1);
+            } else if c.tx.is_ready() {
+                return Some(list.remove(i).tx);
+            } else {
+                fallback.get_or_insert(i);
+                passed += 1;
             }
         }
-        None
+        fallback.map(|f| list.remove(f).tx)
     }
 
     async fn connect(
