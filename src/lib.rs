@@ -487,10 +487,16 @@ async fn maintenance(state: StackState, token: CancellationToken) {
             _ = tick.tick() => {}
             () = token.cancelled() => break,
         }
-        // Walking millions of keys takes milliseconds: keep it off the async workers.
+        // Walking millions of keys, or folding the histogram samples of 5 s at tens of
+        // thousands of requests per second, takes milliseconds: off the async workers, where
+        // it would stall every request queued behind it.
         let limiter = state.limiter.clone();
-        let _ = tokio::task::spawn_blocking(move || limiter.evict_stale()).await;
-        state.metrics.upkeep();
+        let metrics = state.metrics.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            limiter.evict_stale();
+            metrics.upkeep();
+        })
+        .await;
     }
 }
 

@@ -44,6 +44,9 @@ pub(crate) struct Env {
     pub(crate) trackproxy: PathBuf,
     /// The nginx binary.
     pub(crate) nginx: PathBuf,
+    /// Worker threads (trackproxy, `TOKIO_WORKER_THREADS`) and worker processes (nginx,
+    /// `worker_processes`).
+    pub(crate) workers: usize,
 }
 
 /// Client/server handshake counts of a run.
@@ -103,6 +106,8 @@ impl Running {
                     .args(["serve", "--config"])
                     .arg(&path)
                     .env_remove("RUST_LOG")
+                    // tokio's own setting: the runtime's worker threads (default: one per core).
+                    .env("TOKIO_WORKER_THREADS", env.workers.to_string())
                     .stdin(Stdio::null())
                     .stdout(out.try_clone()?)
                     .stderr(out)
@@ -321,11 +326,12 @@ fn nginx_config(env: &Env, prefix: &Path, https: u16, reuse_log: Option<&Path>) 
             )
         },
     );
-    // One worker, as in the issue's reference figures; the upstream keep-alive pool is larger
+    // `--workers` workers (one by default, as in the issue's reference figures, and like
+    // trackproxy's worker threads); the upstream keep-alive pool is larger
     // than the peak concurrency (32 × 10 h2 streams), and keepalive_requests is raised from its
     // default of 1000 so no connection is closed during a run.
     format!(
-        r"worker_processes 1;
+        r"worker_processes {workers};
 worker_rlimit_nofile 65536;
 daemon off;
 pid {prefix}/nginx.pid;
@@ -380,6 +386,7 @@ http {{
         cert = env.pki.proxy_cert.display(),
         key = env.pki.proxy_key.display(),
         ca = env.pki.ca.display(),
+        workers = env.workers,
     )
 }
 
