@@ -73,11 +73,11 @@ struct Args {
     /// Proxies to run.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Which::Trackproxy, Which::Nginx])]
     proxies: Vec<Which>,
-    /// Workers of each proxy: trackproxy's runtime threads (`TOKIO_WORKER_THREADS`), nginx's
-    /// `worker_processes`. One by default, like the reference nginx figures; on a
-    /// 2-core machine the load generator and the upstream need the other core.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    /// Workers of both proxies: trackproxy's runtime threads (`TOKIO_WORKER_THREADS`), nginx's
+    /// `worker_processes`. Default: each as shipped or specified — trackproxy one thread per
+    /// core, nginx one worker (the reference figures).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Idle keep-alive TLS connections for the memory measurement (0: skip it).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
@@ -235,14 +235,17 @@ async fn run(args: &Args) -> Result<bool> {
         upstream: upstream.addr,
         trackproxy,
         nginx: args.nginx.clone().unwrap_or_else(nginx_binary),
-        workers: args.workers.max(1),
+        workers: args.workers.map(|w| w.max(1)),
     };
     eprintln!(
-        "load: {} round(s) × {} scenario(s) × {} prox(ies), {} worker(s) each, {} s warm-up + {} s each; {} idle connections; trackproxy = {}; load average {}",
+        "load: {} round(s) × {} scenario(s) × {} prox(ies), workers {}, {} s warm-up + {} s each; {} idle connections; trackproxy = {}; load average {}",
         args.rounds,
         args.scenarios.len(),
         args.proxies.len(),
-        args.workers.max(1),
+        args.workers.map_or_else(
+            || "trackproxy: one per core, nginx: 1".to_owned(),
+            |w| w.to_string()
+        ),
         args.warmup,
         args.duration,
         args.idle,

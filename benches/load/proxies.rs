@@ -45,8 +45,8 @@ pub(crate) struct Env {
     /// The nginx binary.
     pub(crate) nginx: PathBuf,
     /// Worker threads (trackproxy, `TOKIO_WORKER_THREADS`) and worker processes (nginx,
-    /// `worker_processes`).
-    pub(crate) workers: usize,
+    /// `worker_processes`); `None`: trackproxy's default (one per core), nginx 1.
+    pub(crate) workers: Option<usize>,
 }
 
 /// Client/server handshake counts of a run.
@@ -102,12 +102,16 @@ impl Running {
                 std::fs::write(&path, cfg)?;
                 let log = env.dir.join("trackproxy.log");
                 let out = std::fs::File::create(&log)?;
-                let child = Command::new(&env.trackproxy)
+                let mut cmd = Command::new(&env.trackproxy);
+                cmd.env_remove("TOKIO_WORKER_THREADS");
+                if let Some(w) = env.workers {
+                    // tokio's own setting: the runtime's worker threads (default: one per core).
+                    cmd.env("TOKIO_WORKER_THREADS", w.to_string());
+                }
+                let child = cmd
                     .args(["serve", "--config"])
                     .arg(&path)
                     .env_remove("RUST_LOG")
-                    // tokio's own setting: the runtime's worker threads (default: one per core).
-                    .env("TOKIO_WORKER_THREADS", env.workers.to_string())
                     .stdin(Stdio::null())
                     .stdout(out.try_clone()?)
                     .stderr(out)
@@ -326,8 +330,8 @@ fn nginx_config(env: &Env, prefix: &Path, https: u16, reuse_log: Option<&Path>) 
             )
         },
     );
-    // `--workers` workers (one by default, as in the reference figures, and like
-    // trackproxy's worker threads); the upstream keep-alive pool is larger
+    // One worker (as in the reference figures) unless `--workers`; the upstream
+    // keep-alive pool is larger
     // than the peak concurrency (32 × 10 h2 streams), and keepalive_requests is raised from its
     // default of 1000 so no connection is closed during a run.
     format!(
@@ -386,7 +390,7 @@ http {{
         cert = env.pki.proxy_cert.display(),
         key = env.pki.proxy_key.display(),
         ca = env.pki.ca.display(),
-        workers = env.workers,
+        workers = env.workers.unwrap_or(1),
     )
 }
 
