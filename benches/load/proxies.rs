@@ -101,23 +101,7 @@ impl Running {
                 let path = env.dir.join("trackproxy.toml");
                 std::fs::write(&path, cfg)?;
                 let log = env.dir.join("trackproxy.log");
-                let out = std::fs::File::create(&log)?;
-                let mut cmd = Command::new(&env.trackproxy);
-                cmd.env_remove("TOKIO_WORKER_THREADS");
-                if let Some(w) = env.workers {
-                    // tokio's own setting: the runtime's worker threads (default: one per core).
-                    cmd.env("TOKIO_WORKER_THREADS", w.to_string());
-                }
-                let child = cmd
-                    .args(["serve", "--config"])
-                    .arg(&path)
-                    .env_remove("RUST_LOG")
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone()?)
-                    .stderr(out)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("starting {}", env.trackproxy.display()))?;
+                let child = spawn_trackproxy(env, &path, &log)?;
                 (child, Some(admin), None, log)
             }
             Which::Nginx => {
@@ -270,6 +254,26 @@ impl Running {
         }
         Ok(Some(h))
     }
+}
+
+/// Runs `trackproxy serve --config PATH`, output to `log`, with `--workers` runtime threads if
+/// given (tokio's own `TOKIO_WORKER_THREADS`; by default one per core).
+fn spawn_trackproxy(env: &Env, config: &Path, log: &Path) -> Result<Child> {
+    let out = std::fs::File::create(log)?;
+    let mut cmd = Command::new(&env.trackproxy);
+    cmd.env_remove("TOKIO_WORKER_THREADS");
+    if let Some(w) = env.workers {
+        cmd.env("TOKIO_WORKER_THREADS", w.to_string());
+    }
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", env.trackproxy.display()))
 }
 
 fn free_port() -> Result<u16> {
