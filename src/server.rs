@@ -10,7 +10,7 @@
 //! server (by ALPN; without ALPN by the first bytes) with header size, header count and
 //! header-read limits → the tower stack from [`crate::middleware`]. A connection with no bytes
 //! moving for `server.idle_timeout` is shut down gracefully, and an idle HTTP/1 connection
-//! gives back its buffers while it waits ([`serve`]). Nothing read from the network can
+//! gives back its buffers while it waits (module `serve`). Nothing read from the network can
 //! panic this code; a failure closes its own connection only.
 
 pub mod conn_limit;
