@@ -419,12 +419,9 @@ impl Client {
         Ok((send, kind))
     }
 
-    /// Opens `n` keep-alive connections (64 at a time), one request on each, and returns them
-    /// still open.
-    pub(crate) async fn open_idle(
-        &self,
-        n: usize,
-    ) -> Result<Vec<http1::SendRequest<Empty<Bytes>>>> {
+    /// Opens `n` keep-alive connections (64 at a time; HTTP/2 if `h2`), one request on each,
+    /// and returns them still open.
+    pub(crate) async fn open_idle(&self, n: usize, h2: bool) -> Result<Vec<IdleConn>> {
         let mut tasks = tokio::task::JoinSet::new();
         let per = n.div_ceil(64);
         for i in 0..64 {
@@ -433,11 +430,20 @@ impl Client {
             tasks.spawn(async move {
                 let mut open = Vec::with_capacity(count);
                 for k in 0..count {
-                    let (mut send, _) = c.h1_conn(&c.h1).await?;
-                    let (req, click) = c.requests.build(k as u64, Version::HTTP_11, false);
-                    let res = send.send_request(req).await?;
-                    check(res, click).await.map_err(anyhow::Error::msg)?;
-                    open.push(send);
+                    let conn = if h2 {
+                        let (mut send, _) = c.h2_conn().await?;
+                        let (req, click) = c.requests.build(k as u64, Version::HTTP_2, false);
+                        let res = send.send_request(req).await?;
+                        check(res, click).await.map_err(anyhow::Error::msg)?;
+                        IdleConn::H2(send)
+                    } else {
+                        let (mut send, _) = c.h1_conn(&c.h1).await?;
+                        let (req, click) = c.requests.build(k as u64, Version::HTTP_11, false);
+                        let res = send.send_request(req).await?;
+                        check(res, click).await.map_err(anyhow::Error::msg)?;
+                        IdleConn::H1(send)
+                    };
+                    open.push(conn);
                 }
                 anyhow::Ok(open)
             });
@@ -470,6 +476,22 @@ impl Client {
             .pop()
             .flatten()
             .context("no handshake kind on the second connection")
+    }
+}
+
+/// An idle connection of [`Client::open_idle`].
+pub(crate) enum IdleConn {
+    H1(http1::SendRequest<Empty<Bytes>>),
+    H2(http2::SendRequest<Empty<Bytes>>),
+}
+
+impl IdleConn {
+    /// Whether the proxy closed it.
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            IdleConn::H1(s) => s.is_closed(),
+            IdleConn::H2(s) => s.is_closed(),
+        }
     }
 }
 

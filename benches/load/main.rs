@@ -81,6 +81,9 @@ struct Args {
     /// Idle keep-alive TLS connections for the memory measurement (0: skip it).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
+    /// Make the idle connections HTTP/2 (ALPN h2) instead of HTTP/1.1.
+    #[arg(long)]
+    idle_h2: bool,
     /// Quick check: 1 round of 1 s per scenario, 200 idle connections; fails on any error.
     #[arg(long)]
     smoke: bool,
@@ -276,7 +279,7 @@ async fn run(args: &Args) -> Result<bool> {
     let mut idle = Vec::new();
     if args.idle > 0 {
         for &p in &args.proxies {
-            let m = measure_idle(p, args.idle, &env, &roots).await?;
+            let m = measure_idle(p, args.idle, args.idle_h2, &env, &roots).await?;
             eprintln!(
                 "idle {p}: {:.1} MiB with {} connections ({:.1} MiB before)",
                 m.rss_mib, m.connections, m.base_mib
@@ -435,16 +438,17 @@ struct Idle {
 async fn measure_idle(
     proxy: Which,
     n: usize,
+    h2: bool,
     env: &Env,
     roots: &rustls::RootCertStore,
 ) -> Result<Idle> {
     let running = Running::start(proxy, env, false).await?;
     let client = Client::new(running.addr, roots)?;
     // One request first, so the upstream pool and lazily built state exist in the baseline.
-    drop(client.open_idle(1).await?);
+    drop(client.open_idle(1, h2).await?);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = running.rss_kib();
-    let conns = client.open_idle(n).await?;
+    let conns = client.open_idle(n, h2).await?;
     // Let the proxy settle (buffers released after the requests) before reading.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = running.rss_kib();
@@ -627,7 +631,8 @@ fn report(runs: &[Run], idle: &[Idle], args: &Args) -> String {
     if !idle.is_empty() {
         let _ = writeln!(
             out,
-            "\nMemory with idle keep-alive TLS connections (one request made on each, then idle):\n\n| proxy | idle connections | RSS before MiB | RSS with them MiB | KiB per connection | target |\n|---|---:|---:|---:|---:|---|"
+            "\nMemory with idle keep-alive TLS connections ({}; one request made on each, then idle):\n\n| proxy | idle connections | RSS before MiB | RSS with them MiB | KiB per connection | target |\n|---|---:|---:|---:|---:|---|",
+            if args.idle_h2 { "HTTP/2" } else { "HTTP/1.1" }
         );
         for m in idle {
             let per = (m.rss_mib - m.base_mib) * 1024.0 / m.connections.max(1) as f64;
