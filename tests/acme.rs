@@ -280,6 +280,13 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
     let record = slug_dir(cache.path(), &pebble.plan).join(format!("{B}.backoff.json"));
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert_eq!(json["failures"], 1);
+    // Pebble's log is read by another thread: wait for it to show both orders.
+    wait_until(
+        "Pebble's log shows both orders",
+        Duration::from_secs(10),
+        || pebble.orders() >= 2,
+    )
+    .await;
     let orders = pebble.orders();
     assert_eq!(orders, 2);
     proxy.stop().await;
