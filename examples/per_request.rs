@@ -21,13 +21,14 @@
 //! target/release/examples/per_request h2 3000 4 -- valgrind --tool=dhat target/release/trackproxy
 //! ```
 
+#[path = "../benches/load/job.rs"]
+mod job;
 #[path = "../benches/load/pki.rs"]
 mod pki;
 #[path = "../benches/load/upstream.rs"]
 mod upstream;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,7 +94,16 @@ async fn main() -> Result<()> {
     let upstream = upstream::Upstream::start(pki.upstream_tls()?).await?;
     let https = free_port()?;
     let config = dir.path().join("trackproxy.toml");
-    std::fs::write(&config, proxy_config(&pki, upstream.addr, https)?)?;
+    std::fs::write(
+        &config,
+        job::trackproxy_config(
+            &pki,
+            upstream.addr.port(),
+            https,
+            free_port()?,
+            free_port()?,
+        ),
+    )?;
     let (program, rest) = args.proxy.split_first().context("no proxy command")?;
     let mut child = tokio::process::Command::new(program)
         .args(rest)
@@ -164,50 +174,6 @@ fn hook(cmd: Option<&str>, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// The load harness's trackproxy configuration (`benches/load/proxies.rs`).
-fn proxy_config(pki: &pki::Pki, upstream: SocketAddr, https: u16) -> Result<String> {
-    let path = |p: &Path| p.display().to_string();
-    Ok(format!(
-        r#"[server]
-https_listen = "127.0.0.1:{https}"
-http_listen = "127.0.0.1:{http}"
-idle_timeout = "600s"
-header_read_timeout = "600s"
-shutdown_grace = "0s"
-
-[upstream]
-url = "https://localhost:{up}"
-ca_file = {ca:?}
-pool_max_idle = 1024
-
-[[hosts]]
-name = "{HOST}"
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
-[limits]
-per_client_rps = 1000000
-per_client_burst = 1000000
-per_client_connections = 0
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[log]
-format = "json"
-level = "warn"
-"#,
-        http = free_port()?,
-        admin = free_port()?,
-        up = upstream.port(),
-        ca = path(&pki.ca),
-        cert = path(&pki.proxy_cert),
-        key = path(&pki.proxy_key),
-    ))
-}
-
 /// The client side: one TLS configuration and the two request targets.
 #[derive(Clone)]
 struct Load {
@@ -215,6 +181,7 @@ struct Load {
     tls: TlsConnector,
     click: Uri,
     open: Uri,
+    headers: http::HeaderMap,
     h2: bool,
 }
 
@@ -229,16 +196,13 @@ impl Load {
         } else {
             b"http/1.1".to_vec()
         }];
-        let token: String = "Nn3Fm1-xYQ2p_Zt0aLkVhB9wUe7Rc4dJ5sGi6oTqX8yH"
-            .chars()
-            .cycle()
-            .take(450)
-            .collect();
+        let (click, open) = job::targets();
         Ok(Load {
             addr,
             tls: TlsConnector::from(Arc::new(cfg)),
-            click: format!("https://{HOST}/ls/click?upn=u001.{token}").parse()?,
-            open: format!("https://{HOST}/wf/open?upn=u001.{token}").parse()?,
+            click: format!("https://{HOST}{click}").parse()?,
+            open: format!("https://{HOST}{open}").parse()?,
+            headers: job::browser_headers(),
             h2,
         })
     }
@@ -302,22 +266,7 @@ impl Load {
 
     fn request(&self, i: u64) -> Request<Empty<Bytes>> {
         let mut req = Request::new(Empty::new());
-        let h = req.headers_mut();
-        for (k, v) in [
-            (
-                header::USER_AGENT,
-                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like \
-                 Gecko) Chrome/126.0.0.0 Safari/537.36",
-            ),
-            (
-                header::ACCEPT,
-                "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
-            ),
-            (header::ACCEPT_LANGUAGE, "en-GB,en;q=0.9"),
-            (header::ACCEPT_ENCODING, "gzip, deflate, br"),
-        ] {
-            h.insert(k, HeaderValue::from_static(v));
-        }
+        *req.headers_mut() = self.headers.clone();
         let uri = if i.is_multiple_of(2) {
             &self.click
         } else {

@@ -137,30 +137,8 @@ struct Requests {
 
 impl Requests {
     fn new() -> Result<Self> {
-        // sendgrid tokens: base64url-ish, ~450 characters.
-        let token: String = "Nn3Fm1-xYQ2p_Zt0aLkVhB9wUe7Rc4dJ5sGi6oTqX8yH"
-            .chars()
-            .cycle()
-            .take(450)
-            .collect();
-        let click = format!("/ls/click?upn=u001.{token}");
-        let open = format!("/wf/open?upn=u001.{token}");
-        let mut headers = HeaderMap::new();
-        for (k, v) in [
-            (
-                header::USER_AGENT,
-                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like \
-                 Gecko) Chrome/126.0.0.0 Safari/537.36",
-            ),
-            (
-                header::ACCEPT,
-                "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8",
-            ),
-            (header::ACCEPT_LANGUAGE, "en-GB,en;q=0.9"),
-            (header::ACCEPT_ENCODING, "gzip, deflate, br"),
-        ] {
-            headers.insert(k, HeaderValue::from_static(v));
-        }
+        let (click, open) = crate::job::targets();
+        let headers = crate::job::browser_headers();
         Ok(Requests {
             click_h1: click.parse()?,
             open_h1: open.parse()?,

@@ -35,6 +35,7 @@
 )]
 
 mod client;
+mod job;
 mod pki;
 mod proxies;
 mod upstream;

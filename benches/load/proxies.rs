@@ -97,7 +97,13 @@ impl Running {
             Which::Trackproxy => {
                 let http = free_port()?;
                 let admin = free_port()?;
-                let cfg = trackproxy_config(env, https, http, admin);
+                let cfg = crate::job::trackproxy_config(
+                    &env.pki,
+                    env.upstream.port(),
+                    https,
+                    http,
+                    admin,
+                );
                 let path = env.dir.join("trackproxy.toml");
                 std::fs::write(&path, cfg)?;
                 let log = env.dir.join("trackproxy.log");
@@ -278,50 +284,6 @@ fn spawn_trackproxy(env: &Env, config: &Path, log: &Path) -> Result<Child> {
 
 fn free_port() -> Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn trackproxy_config(env: &Env, https: u16, http: u16, admin: u16) -> String {
-    // Idle and header-read timeouts long enough for the idle-connections measurement; logging
-    // at warn, like nginx with its access log off. Every client of the harness is 127.0.0.1:
-    // the per-client connection cap is off (10 000 idle connections from one address) and the
-    // rate limit is set out of reach, so its check still runs on every request.
-    format!(
-        r#"[server]
-https_listen = "127.0.0.1:{https}"
-http_listen = "127.0.0.1:{http}"
-idle_timeout = "600s"
-header_read_timeout = "600s"
-shutdown_grace = "2s"
-
-[upstream]
-url = "https://localhost:{up}"
-ca_file = {ca:?}
-pool_max_idle = 1024
-
-[[hosts]]
-name = "{HOST}"
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
-[limits]
-per_client_rps = 1000000
-per_client_burst = 1000000
-per_client_connections = 0
-
-[admin]
-listen = "127.0.0.1:{admin}"
-
-[log]
-format = "json"
-level = "warn"
-"#,
-        up = env.upstream.port(),
-        ca = env.pki.ca.display().to_string(),
-        cert = env.pki.proxy_cert.display().to_string(),
-        key = env.pki.proxy_key.display().to_string(),
-    )
 }
 
 fn nginx_config(env: &Env, prefix: &Path, https: u16, reuse_log: Option<&Path>) -> String {

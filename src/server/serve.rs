@@ -198,7 +198,8 @@ async fn serve_h2<S: Socket>(
 ) {
     let conn = server.h2.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let mut clock = IdleClock::new(server.idle_timeout);
+    // HTTP/2 connections are not parked: one look per idle timeout is enough.
+    let mut clock = IdleClock::new(server.idle_timeout, server.idle_timeout);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -224,11 +225,14 @@ async fn serve_h2<S: Socket>(
 }
 
 /// How a served stretch of an HTTP/1 connection ended.
-enum Ended {
-    /// Closed: error, client's wish, timeout or shutdown.
-    Closed,
-    /// Idle: hyper's connection handed the socket back; the socket stays open.
-    Parked { idle: Duration },
+enum Ended<S> {
+    /// hyper is done with the socket and has closed it (client's wish, timeout, shutdown), or
+    /// the connection failed.
+    Done,
+    /// Shutdown came while parking: the socket is still open and must be closed.
+    Close(ConnIo<S>),
+    /// Idle for at least `idle`: hyper's connection handed the socket back; it stays open.
+    Parked { io: ConnIo<S>, idle: Duration },
 }
 
 async fn serve_h1<S: Socket>(
@@ -238,7 +242,7 @@ async fn serve_h1<S: Socket>(
     server: &Server,
     token: &CancellationToken,
 ) {
-    let mut clock = IdleClock::new(server.idle_timeout);
+    let mut clock = IdleClock::new(TICK.min(server.idle_timeout), server.idle_timeout);
     // The longest an idle keep-alive connection waits for its next request, parked or not.
     let keep_alive = server.header_read_timeout.min(server.idle_timeout);
     // While parked: the activity count when parked, and the deadline of the wait. A wake-up
@@ -249,9 +253,9 @@ async fn serve_h1<S: Socket>(
         // Boxed, like the hyper connection in it: freed while parked.
         let serving = serve_h1_until_idle(io, svc.clone(), state, &mut clock, server, token);
         (io, idle) = match Box::pin(serving).await {
-            (Some(io), Ended::Parked { idle }) => (io, idle),
-            (Some(io), Ended::Closed) => return close(io).await,
-            (None, _) => return,
+            Ended::Parked { io, idle } => (io, idle),
+            Ended::Close(io) => return close(io).await,
+            Ended::Done => return,
         };
         if !io.prefix.is_empty() || io.inner.has_buffered() {
             // Part of the next request is already here: serve it at once.
@@ -281,8 +285,8 @@ async fn serve_h1<S: Socket>(
     }
 }
 
-/// Serves HTTP/1 on `io` with a new hyper connection until it ends or goes idle. Returns the
-/// socket (with the bytes hyper read but did not use as its prefix) unless it failed.
+/// Serves HTTP/1 on `io` with a new hyper connection until it ends or goes idle. A socket given
+/// back carries the bytes hyper read but did not use as its prefix.
 async fn serve_h1_until_idle<S: Socket>(
     io: ConnIo<S>,
     svc: ConnService,
@@ -290,7 +294,7 @@ async fn serve_h1_until_idle<S: Socket>(
     clock: &mut IdleClock,
     server: &Server,
     token: &CancellationToken,
-) -> (Option<ConnIo<S>>, Ended) {
+) -> Ended<S> {
     let built = (state.activity(), state.completed());
     let pristine_prefix = io.prefix.is_empty();
     // Boxed: its buffers and state are freed while the connection is parked.
@@ -349,11 +353,11 @@ async fn serve_h1_until_idle<S: Socket>(
     state.parking.store(false, Ordering::Relaxed);
     if let Err(e) = res {
         log_connection_error(&e);
-        return (None, Ended::Closed);
+        return Ended::Done;
     }
     let Some(idle) = park else {
         // hyper is done and has closed the socket.
-        return (None, Ended::Closed);
+        return Ended::Done;
     };
     let parts = conn.into_parts();
     let mut io = parts.io.into_inner();
@@ -368,9 +372,9 @@ async fn serve_h1_until_idle<S: Socket>(
     }
     if token.is_cancelled() {
         // Shutdown came while parking: the caller closes the socket.
-        return (Some(io), Ended::Closed);
+        return Ended::Close(io);
     }
-    (Some(io), Ended::Parked { idle })
+    Ended::Parked { io, idle }
 }
 
 /// Closes a connection the way hyper would: TLS `close_notify`, then FIN.
@@ -378,8 +382,8 @@ async fn close<S: Socket>(mut io: ConnIo<S>) {
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, io.inner.shutdown()).await;
 }
 
-/// Notices idle connections with one timer tick per [`TICK`] (or `idle_timeout`, if shorter)
-/// rather than a timer per read or request.
+/// Notices idle connections with one timer tick per period rather than a timer per read or
+/// request.
 struct IdleClock {
     interval: Interval,
     period: Duration,
@@ -388,8 +392,9 @@ struct IdleClock {
 }
 
 impl IdleClock {
-    fn new(idle_timeout: Duration) -> Self {
-        let period = TICK.min(idle_timeout);
+    /// Ticks every `period`, which must not exceed the connection's idle timeout.
+    fn new(period: Duration, idle_timeout: Duration) -> Self {
+        let period = period.min(idle_timeout);
         let mut interval = tokio::time::interval_at(Instant::now() + period, period);
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         IdleClock {
@@ -681,12 +686,12 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut c = IdleClock::new(Duration::from_secs(60));
+            let mut c = IdleClock::new(TICK, Duration::from_secs(60));
             assert_eq!(c.observe(1), Duration::ZERO);
             assert_eq!(c.observe(1), TICK);
             assert_eq!(c.observe(1), TICK * 2);
             assert_eq!(c.observe(2), Duration::ZERO);
-            let short = IdleClock::new(Duration::from_millis(100));
+            let short = IdleClock::new(TICK, Duration::from_millis(100));
             assert_eq!(short.period, Duration::from_millis(100));
         });
     }
