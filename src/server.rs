@@ -4,9 +4,10 @@
 //! Per connection, in order: a slot in `limits.max_connections` (taken right after accept;
 //! accepting pauses while none is free) → the PROXY protocol header, if configured → a slot in
 //! the client's `limits.per_client_connections` (else the connection is closed before any TLS
-//! work) → TLS handshake under `server.handshake_timeout` (the SNI is checked against the
-//! configured hosts; unknown or missing SNI fails the handshake; an ACME TLS-ALPN-01
-//! validation gets its challenge certificate and is closed) → hyper's HTTP/1.1 or HTTP/2
+//! work) → TLS handshake under `server.handshake_timeout` (rustls, with buffers of our own:
+//! module `tls_stream`; the SNI is checked against the configured hosts; unknown or missing
+//! SNI fails the handshake; an ACME TLS-ALPN-01 validation gets its challenge certificate and
+//! is closed) → hyper's HTTP/1.1 or HTTP/2
 //! server (by ALPN; without ALPN by the first bytes) with header size, header count and
 //! header-read limits → the tower stack from [`crate::middleware`]. A connection with no bytes
 //! moving for `server.idle_timeout` is shut down gracefully, and an idle HTTP/1 connection
@@ -15,6 +16,7 @@
 
 pub mod conn_limit;
 mod serve;
+mod tls_stream;
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,7 +28,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -41,6 +42,7 @@ use crate::telemetry::metrics::{HandshakeFailure, Metrics};
 use crate::tls::SniResolver;
 use conn_limit::ConnLimits;
 use serve::Protocol;
+use tls_stream::{Accepting, TlsStream};
 
 /// What the HTTP layer knows about the connection a request arrived on. Inserted into every
 /// request's extensions.
@@ -313,7 +315,7 @@ async fn serve_tls(
     let Some((tls, sni)) = Box::pin(handshake(stream, deadline, server)).await else {
         return;
     };
-    let (_, conn) = tls.get_ref();
+    let conn = tls.common();
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
@@ -344,10 +346,10 @@ async fn handshake(
     stream: TcpStream,
     deadline: Instant,
     server: &Server,
-) -> Option<(Box<tokio_rustls::server::TlsStream<TcpStream>>, Arc<str>)> {
-    let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+) -> Option<(Box<TlsStream>, Arc<str>)> {
     let failed = |why: HandshakeFailure| server.metrics.tls_handshake_failed(why);
-    let start = match tokio::time::timeout_at(deadline, acceptor).await {
+    let mut accepting = Accepting::new(stream);
+    let start = match tokio::time::timeout_at(deadline, accepting.client_hello()).await {
         Ok(Ok(start)) => start,
         Ok(Err(e)) => {
             debug!(failure = "client_hello", error = %e, "TLS handshake failed");
@@ -371,6 +373,7 @@ async fn handshake(
         let challenge = sni
             .as_deref()
             .and_then(|n| server.resolver.challenge_config(n));
+        drop(start);
         let Some(config) = challenge else {
             debug!(
                 failure = "acme_challenge_unexpected",
@@ -379,7 +382,7 @@ async fn handshake(
             );
             return None;
         };
-        match tokio::time::timeout_at(deadline, start.into_stream(config)).await {
+        match tokio::time::timeout_at(deadline, accepting.handshake(config)).await {
             Ok(Ok(mut tls)) => {
                 info!(
                     sni = sni.as_deref().unwrap_or(""),
@@ -411,7 +414,9 @@ async fn handshake(
     // Even for a refused SNI the handshake continues: the resolver then has no certificate,
     // and rustls ends the handshake with a proper alert instead of a bare close. It is counted
     // once, under the reason it was refused for.
-    let tls = match tokio::time::timeout_at(deadline, start.into_stream(server.tls.clone())).await {
+    drop(start);
+    let tls = match tokio::time::timeout_at(deadline, accepting.handshake(server.tls.clone())).await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             if refused.is_none() {

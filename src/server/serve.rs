@@ -11,7 +11,8 @@
 //! (most clicks make one request per connection), and later whenever it has moved no bytes
 //! for a whole [`TICK`] with no request in flight. Parking ends hyper's connection *without*
 //! closing the socket (`graceful_shutdown` while hyper is idle, then `into_parts`), frees its
-//! buffers, and leaves the task waiting for the socket to become readable. The next request
+//! buffers and the TLS layer's empty ones (module `tls_stream`), and leaves the task waiting
+//! for the socket to become readable. The next request
 //! gets a new hyper connection on the same socket, which first replays any bytes the old one
 //! had read. nginx does the same with its keep-alive connections; the client sees nothing of
 //! it. `trackproxy_parked_connections` counts them.
@@ -67,6 +68,8 @@ pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Whether bytes can be read without the socket becoming readable first (TLS plaintext
     /// already decrypted and buffered).
     fn has_buffered(&self) -> bool;
+    /// Frees the buffers that hold nothing, while the connection is parked.
+    fn release_buffers(&mut self) {}
 }
 
 impl Socket for TcpStream {
@@ -79,14 +82,17 @@ impl Socket for TcpStream {
     }
 }
 
-impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+impl Socket for super::TlsStream {
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
+        super::TlsStream::tcp(self)
     }
 
     fn has_buffered(&self) -> bool {
-        // rustls wants socket bytes unless it holds plaintext (or is closed).
-        !self.get_ref().1.wants_read()
+        super::TlsStream::has_buffered(self)
+    }
+
+    fn release_buffers(&mut self) {
+        super::TlsStream::release_buffers(self);
     }
 }
 
@@ -267,6 +273,7 @@ async fn serve_h1<S: Socket>(
             _ => Instant::now() + keep_alive.saturating_sub(idle),
         };
         parked = Some((activity, deadline));
+        io.inner.release_buffers();
         let _parked = server.limits.park();
         tokio::select! {
             r = io.inner.tcp().readable() => {

@@ -375,10 +375,19 @@ async fn upstream_response(target: &str, body_len: u64) -> Response<Full<Bytes>>
         let ms = query.get("ms").and_then(|v| v.parse().ok()).unwrap_or(1000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Bytes::from_static(b"slow ok")
+    } else if path == "/big" {
+        let n = query.get("bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+        Bytes::from(big_body(n))
     } else {
         Bytes::from(format!("ok {body_len}"))
     };
     b.body(Full::new(body)).unwrap()
+}
+
+/// The body the stand-in upstream answers `/big?bytes=n` with: `n` bytes of a pattern that
+/// shows a lost, repeated or reordered piece.
+pub fn big_body(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
 }
 
 /// A proxy running in-process on `127.0.0.1:0`.

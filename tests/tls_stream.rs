@@ -1,0 +1,159 @@
+//! The server's TLS layer (rustls's unbuffered API with buffers of trackproxy's own): bodies
+//! larger than a record both ways, a client whose bytes arrive a few at a time, and clean
+//! closes with `close_notify` both ways. TLS versions, ALPN and SNI are in `tls_sni.rs`;
+//! parked connections in `parking.rs`.
+
+#![allow(clippy::pedantic, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Proxy, Setup, TestCa, big_body, client, h1_exchange, status_of, tls_connect};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HOST: &str = "url1234.example.test";
+
+#[tokio::test]
+async fn bodies_of_many_records_pass_intact_over_http1_and_http2() {
+    let s = Setup::new().await;
+    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    for http2 in [false, true] {
+        let c = client(&s.ca, &proxy, &[HOST], http2);
+        // 1 MiB up: 64 full TLS records and more, read by the proxy in pieces.
+        let up = big_body(1 << 20);
+        let r = c
+            .post(format!("https://{HOST}/upload"))
+            .body(up)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "http2 {http2}");
+        assert_eq!(r.text().await.unwrap(), "ok 1048576", "http2 {http2}");
+        // 3 MB down: written by the proxy in batches of records.
+        let r = c
+            .get(format!("https://{HOST}/big?bytes=3000000"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "http2 {http2}");
+        let down = r.bytes().await.unwrap();
+        assert_eq!(down.len(), 3_000_000, "http2 {http2}");
+        assert!(down == big_body(3_000_000), "http2 {http2}: body differs");
+    }
+    assert_eq!(s.upstream.requests().len(), 4);
+}
+
+/// A client whose TCP segments carry `chunk` bytes each, 1 ms apart: the `ClientHello`, the
+/// record headers and the request all arrive in pieces. Returns the plaintext answer, read
+/// until the server's `close_notify` (the request says `Connection: close`).
+async fn trickling_client(ca: &TestCa, addr: SocketAddr, chunk: usize, request: &str) -> String {
+    let name = ServerName::try_from(HOST.to_owned()).unwrap();
+    let mut tls = rustls::ClientConnection::new(ca.client_config(&[b"http/1.1"]), name).unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut request = Some(request.as_bytes());
+    let mut answer = Vec::new();
+    for _ in 0..1000 {
+        let mut out = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut out).unwrap();
+        }
+        for piece in out.chunks(chunk) {
+            tcp.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if !tls.is_handshaking()
+            && let Some(r) = request.take()
+        {
+            tls.writer().write_all(r).unwrap();
+            continue;
+        }
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed without close_notify after {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            tls.read_tls(&mut rd).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+        let mut plain = [0u8; 4096];
+        loop {
+            match tls.reader().read(&mut plain) {
+                // The server's close_notify.
+                Ok(0) => return String::from_utf8_lossy(&answer).into_owned(),
+                Ok(k) => answer.extend_from_slice(&plain[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    panic!(
+        "no end of the answer: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn bytes_arriving_a_few_at_a_time_make_a_handshake_and_a_request() {
+    let s = Setup::new().await;
+    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let request =
+        format!("GET /ls/click?upn=trickle HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    for chunk in [7, 100] {
+        let answer = trickling_client(&s.ca, proxy.https, chunk, &request).await;
+        assert_eq!(status_of(&answer), 302, "chunk {chunk}: {answer}");
+        assert!(
+            answer.contains("\r\nlocation: https://www.example.com/landing"),
+            "chunk {chunk}: {answer}"
+        );
+    }
+    assert_eq!(s.upstream.last().target, "/ls/click?upn=trickle");
+}
+
+#[tokio::test]
+async fn connections_close_with_close_notify_both_ways() {
+    let s = Setup::new().await;
+    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+
+    // The server closes (`Connection: close`): its close_notify comes before its FIN, so the
+    // client's TLS library reports a clean end, not a truncation.
+    let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
+    c.write_all(
+        format!("GET /wf/open?upn=a HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut out))
+        .await
+        .expect("closed in time")
+        .expect("a clean TLS close after the response");
+    assert_eq!(status_of(&String::from_utf8_lossy(&out)), 200);
+
+    // The client closes after a keep-alive exchange: the server answers its close_notify
+    // with its own and closes.
+    let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
+    let request = format!("GET /wf/open?upn=b HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let (status, _, _) = h1_exchange(&mut c, &request).await;
+    assert_eq!(status, 200);
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut rest))
+        .await
+        .expect("closed in time")
+        .expect("a clean TLS close from the server");
+    assert!(rest.is_empty(), "{rest:?}");
+}
