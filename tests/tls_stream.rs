@@ -157,3 +157,84 @@ async fn connections_close_with_close_notify_both_ways() {
         .expect("a clean TLS close from the server");
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+#[tokio::test]
+async fn a_corrupted_record_is_answered_with_an_alert_and_nothing_is_forwarded() {
+    let s = Setup::new().await;
+    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let name = ServerName::try_from(HOST.to_owned()).unwrap();
+    let mut tls = rustls::ClientConnection::new(s.ca.client_config(&[b"http/1.1"]), name).unwrap();
+    let mut tcp = TcpStream::connect(proxy.https).await.unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    for _ in 0..20 {
+        if !tls.is_handshaking() {
+            break;
+        }
+        let mut out = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut out).unwrap();
+        }
+        tcp.write_all(&out).await.unwrap();
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed during the handshake");
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            tls.read_tls(&mut rd).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+    }
+    assert!(!tls.is_handshaking(), "handshake did not finish");
+    let request = format!("GET /ls/click?upn=corrupt HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    tls.writer().write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut out).unwrap();
+    }
+    // The last byte is the request record's authentication tag.
+    *out.last_mut().unwrap() ^= 1;
+    tcp.write_all(&out).await.unwrap();
+
+    let mut got = None;
+    for _ in 0..20 {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("the server answers or closes")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let mut rd = &buf[..n];
+        while !rd.is_empty() && got.is_none() {
+            if tls.read_tls(&mut rd).is_err() {
+                break;
+            }
+            if let Err(e) = tls.process_new_packets() {
+                got = Some(e);
+            }
+        }
+        if got.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        got,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadRecordMac
+        )),
+        "the server's answer to a record that fails authentication"
+    );
+    assert!(
+        s.upstream
+            .requests()
+            .iter()
+            .all(|r| !r.target.contains("corrupt"))
+    );
+    // The proxy serves on.
+    let c = client(&s.ca, &proxy, &[HOST], false);
+    let r = c
+        .get(format!("https://{HOST}/wf/open?upn=after"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -64,8 +64,8 @@ impl Accepting {
         let mut acceptor = Acceptor::default();
         let mut fed = 0;
         loop {
-            while fed < self.rx.len {
-                let mut rest = &self.rx.buf[fed..self.rx.len];
+            while fed < self.rx.end {
+                let mut rest = &self.rx.buf[fed..self.rx.end];
                 match acceptor.read_tls(&mut rest)? {
                     0 => break,
                     n => fed += n,
@@ -82,7 +82,7 @@ impl Accepting {
                     return Err(tls_error(e));
                 }
             }
-            if fed < self.rx.len {
+            if fed < self.rx.end {
                 // rustls took no more bytes and wants more: it holds a whole message already.
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -111,12 +111,14 @@ impl Accepting {
             plain_read: 0,
             close_notify_sent: false,
             peer_closed: false,
+            failed: false,
         };
         loop {
             let step = tls.drive(None, Send::Nothing);
             tls.send_all().await?;
             match step? {
                 _ if !tls.conn.is_handshaking() => return Ok(tls),
+                _ if tls.peer_closed => return Err(eof_in_handshake()),
                 Step::Closed => return Err(eof_in_handshake()),
                 Step::Ready(_) | Step::NeedBytes => {}
             }
@@ -142,13 +144,17 @@ pub(crate) struct TlsStream {
     close_notify_sent: bool,
     /// The client sent `close_notify`: no more plaintext comes.
     peer_closed: bool,
+    /// rustls reported an error (and queued its alert): nothing more is processed.
+    failed: bool,
 }
 
-/// TLS bytes received from the socket: `buf[..len]` are valid, the rest is room for reads.
+/// TLS bytes received from the socket: `buf[start..end]` are waiting for rustls, the rest is
+/// room for reads.
 #[derive(Default)]
 struct Received {
     buf: Vec<u8>,
-    len: usize,
+    start: usize,
+    end: usize,
     /// The client closed its side of the TCP connection.
     eof: bool,
 }
@@ -157,33 +163,53 @@ impl Received {
     /// Reads from the socket into the buffer, growing it to hold at least [`READ_SIZE`] more
     /// bytes or the rest of a record begun. Sets `eof` when the client closed its side.
     fn poll_fill(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.len >= MAX_RECEIVED {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end >= MAX_RECEIVED {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "TLS message too large",
             )));
         }
-        let record = match self.buf.get(..self.len.min(5)) {
+        let record = match self.buf.get(..self.end.min(5)) {
             Some(&[_, _, _, hi, lo]) => 5 + usize::from(u16::from_be_bytes([hi, lo])),
             _ => 0,
         };
-        let want = (self.len + READ_SIZE).max(record).min(MAX_RECEIVED);
+        let want = (self.end + READ_SIZE).max(record).min(MAX_RECEIVED);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
-        let mut read = ReadBuf::new(&mut self.buf[self.len..]);
+        let mut read = ReadBuf::new(&mut self.buf[self.end..]);
         ready!(Pin::new(io).poll_read(cx, &mut read))?;
         let n = read.filled().len();
         self.eof = n == 0;
-        self.len += n;
+        self.end += n;
         Poll::Ready(Ok(()))
     }
 
-    /// Drops the first `n` bytes.
+    /// The bytes waiting for rustls.
+    fn waiting(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Drops the first `n` waiting bytes. Once none wait, a buffer grown past [`READ_SIZE`]
+    /// (a large record or handshake message) shrinks back.
     fn discard(&mut self, n: usize) {
-        if n > 0 {
-            self.buf.copy_within(n..self.len, 0);
-            self.len -= n;
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > READ_SIZE {
+                self.buf.truncate(READ_SIZE);
+                self.buf.shrink_to_fit();
+            }
         }
     }
 }
@@ -226,7 +252,7 @@ impl TlsStream {
     /// Frees the buffers that hold nothing. Called when the connection is parked; the next
     /// read or write allocates them again.
     pub(crate) fn release_buffers(&mut self) {
-        if self.rx.len == 0 {
+        if self.rx.is_empty() {
             self.rx.buf = Vec::new();
         }
         if self.tx_sent == self.tx.len() {
@@ -244,10 +270,15 @@ impl TlsStream {
     /// `send` is encrypted into `tx` if application data may be sent. On an error, the alert
     /// rustls made of it is queued too.
     fn drive(&mut self, mut out: Option<&mut ReadBuf<'_>>, send: Send<'_>) -> io::Result<Step> {
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the TLS connection failed",
+            ));
+        }
         loop {
-            let UnbufferedStatus { mut discard, state } = self
-                .conn
-                .process_tls_records(&mut self.rx.buf[..self.rx.len]);
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(self.rx.waiting());
             let mut stop = None;
             let mut failed = None;
             match state {
@@ -325,25 +356,25 @@ impl TlsStream {
         }
     }
 
-    /// After an error: queues the alert rustls prepared for it, if any.
+    /// After an error: queues the alert rustls prepared for it, and marks the connection
+    /// failed. rustls must not see the received bytes again: it would fail on them again.
     fn queue_alert(&mut self) {
-        // rustls hands out queued records before it reports the error again.
+        self.failed = true;
+        // Bounded: rustls queues one alert for an error.
         for _ in 0..4 {
-            let UnbufferedStatus { discard, state } = self
-                .conn
-                .process_tls_records(&mut self.rx.buf[..self.rx.len]);
-            let more = match state {
+            if !self.conn.wants_write() {
+                break;
+            }
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(self.rx.waiting());
+            let encoded = match state {
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
                     encode(&mut data, &mut self.tx).is_ok()
-                }
-                Ok(ConnectionState::TransmitTlsData(data)) => {
-                    data.done();
-                    false
                 }
                 _ => false,
             };
             self.rx.discard(discard);
-            if !more {
+            if !encoded {
                 break;
             }
         }
@@ -377,7 +408,11 @@ impl TlsStream {
         out.put_slice(&self.plain[self.plain_read..self.plain_read + n]);
         self.plain_read += n;
         if self.plain_read == self.plain.len() {
-            self.plain.clear();
+            if self.plain.capacity() > READ_SIZE {
+                self.plain = Vec::new();
+            } else {
+                self.plain.clear();
+            }
             self.plain_read = 0;
         }
     }
@@ -457,8 +492,10 @@ impl AsyncWrite for TlsStream {
         let this = self.get_mut();
         if !this.close_notify_sent {
             ready!(this.poll_send(cx))?;
-            // A connection that failed has no close_notify to send; its FIN still goes.
-            let _ = this.drive(None, Send::CloseNotify);
+            // A connection that failed has sent its alert instead; its FIN still goes.
+            if !this.failed {
+                let _ = this.drive(None, Send::CloseNotify);
+            }
             this.close_notify_sent = true;
         }
         ready!(this.poll_send(cx))?;
