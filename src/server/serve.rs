@@ -70,6 +70,9 @@ pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn has_buffered(&self) -> bool;
     /// Frees the buffers that hold nothing, while the connection is parked.
     fn release_buffers(&mut self) {}
+    /// From now on, frees buffers as soon as they are empty (a connection that is never
+    /// parked: HTTP/2).
+    fn release_buffers_when_empty(&mut self) {}
 }
 
 impl Socket for TcpStream {
@@ -93,6 +96,10 @@ impl Socket for super::TlsStream {
 
     fn release_buffers(&mut self) {
         super::TlsStream::release_buffers(self);
+    }
+
+    fn release_buffers_when_empty(&mut self) {
+        super::TlsStream::release_buffers_when_empty(self);
     }
 }
 
@@ -148,6 +155,10 @@ pub(crate) async fn serve<S: Socket>(
             }
         }
     };
+    if h2 {
+        // HTTP/2 connections are not parked; most of their life they wait for a request.
+        io.release_buffers_when_empty();
+    }
     let state = Arc::new(ConnState::default());
     let svc = ConnService(Arc::new(ConnServiceInner {
         stack: server.service.clone(),

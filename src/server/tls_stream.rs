@@ -34,14 +34,23 @@ const READ_SIZE: usize = 4096;
 /// The most TLS bytes kept before they make a record or handshake message rustls can process:
 /// the largest handshake message rustls accepts (64 KiB) with its record headers, plus a
 /// record. More is an error, not more memory.
-const MAX_RECEIVED: usize = 0x1_0000 + 5 * 8 + 5 + 0x4800;
+const MAX_RECEIVED: usize = 0x1_0000 + 5 * 8 + MAX_RECORD;
+
+/// The largest TLS record on the wire: header and 16 KiB of plaintext with the most
+/// expansion TLS 1.2 allows.
+const MAX_RECORD: usize = 5 + 0x4800;
+
+/// The receive and plaintext buffers kept once empty: room for a read and a whole record.
+/// Larger ones, left by a large handshake message or a burst, are freed; smaller ones stay, so
+/// that a busy connection does not allocate per read.
+const KEEP_RX: usize = READ_SIZE + MAX_RECORD;
 
 /// The most plaintext encrypted by one `poll_write` (four full records).
 const MAX_WRITE: usize = 4 * 0x4000;
 
-/// The send buffer kept once empty: one full record. Larger ones, left by large writes, are
+/// The send buffer kept once empty, as for receiving. Larger ones, left by large writes, are
 /// freed.
-const KEEP_TX: usize = 0x4000 + 64;
+const KEEP_TX: usize = KEEP_RX;
 
 /// A connection whose `ClientHello` is being read.
 pub(crate) struct Accepting {
@@ -112,6 +121,7 @@ impl Accepting {
             close_notify_sent: false,
             peer_closed: false,
             failed: false,
+            frugal: false,
         };
         loop {
             let step = tls.drive(None, Send::Nothing);
@@ -131,6 +141,7 @@ impl Accepting {
 }
 
 /// A server-side TLS connection after its handshake.
+#[allow(clippy::struct_excessive_bools)] // four independent facts, not a state machine
 pub(crate) struct TlsStream {
     io: TcpStream,
     conn: UnbufferedServerConnection,
@@ -146,6 +157,8 @@ pub(crate) struct TlsStream {
     peer_closed: bool,
     /// rustls reported an error (and queued its alert): nothing more is processed.
     failed: bool,
+    /// Free each buffer as soon as it is empty.
+    frugal: bool,
 }
 
 /// TLS bytes received from the socket: `buf[start..end]` are waiting for rustls, the rest is
@@ -179,6 +192,10 @@ impl Received {
             _ => 0,
         };
         let want = (self.end + READ_SIZE).max(record).min(MAX_RECEIVED);
+        if self.buf.is_empty() {
+            // Released: wait for bytes without a buffer.
+            ready!(io.poll_read_ready(cx))?;
+        }
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
@@ -199,16 +216,15 @@ impl Received {
         self.start == self.end
     }
 
-    /// Drops the first `n` waiting bytes. Once none wait, a buffer grown past [`READ_SIZE`]
-    /// (a large record or handshake message) shrinks back.
+    /// Drops the first `n` waiting bytes. Once none wait, a buffer grown past [`KEEP_RX`]
+    /// shrinks back.
     fn discard(&mut self, n: usize) {
         self.start = (self.start + n).min(self.end);
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > READ_SIZE {
-                self.buf.truncate(READ_SIZE);
-                self.buf.shrink_to_fit();
+            if self.buf.len() > KEEP_RX {
+                self.buf = Vec::new();
             }
         }
     }
@@ -247,6 +263,16 @@ impl TlsStream {
     /// or the client is gone.
     pub(crate) fn has_buffered(&self) -> bool {
         self.plain_read < self.plain.len() || self.peer_closed || self.rx.eof
+    }
+
+    /// From now on, frees each buffer as soon as it is empty (and [`release_buffers`] now):
+    /// for connections that are never parked but wait most of their life. It costs an
+    /// allocation per read and per write.
+    ///
+    /// [`release_buffers`]: TlsStream::release_buffers
+    pub(crate) fn release_buffers_when_empty(&mut self) {
+        self.frugal = true;
+        self.release_buffers();
     }
 
     /// Frees the buffers that hold nothing. Called when the connection is parked; the next
@@ -389,7 +415,7 @@ impl TlsStream {
             }
             self.tx_sent += n;
         }
-        if self.tx.capacity() > KEEP_TX {
+        if self.frugal || self.tx.capacity() > KEEP_TX {
             // After a large write: not kept for the connection's life.
             self.tx = Vec::new();
         } else {
@@ -408,7 +434,7 @@ impl TlsStream {
         out.put_slice(&self.plain[self.plain_read..self.plain_read + n]);
         self.plain_read += n;
         if self.plain_read == self.plain.len() {
-            if self.plain.capacity() > READ_SIZE {
+            if self.frugal || self.plain.capacity() > KEEP_RX {
                 self.plain = Vec::new();
             } else {
                 self.plain.clear();
@@ -448,6 +474,10 @@ impl AsyncRead for TlsStream {
             // HTTP framing).
             if step == Step::Closed || this.peer_closed || this.rx.eof {
                 return Poll::Ready(Ok(()));
+            }
+            if this.frugal && this.rx.is_empty() {
+                // Often the read finds nothing, and the connection waits: without a buffer.
+                this.rx.buf = Vec::new();
             }
             ready!(this.rx.poll_fill(&mut this.io, cx))?;
         }
