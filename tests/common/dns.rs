@@ -131,11 +131,5 @@ impl Dnsmasq {
 
 /// A loopback port free for both UDP and TCP right now.
 fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    super::unused_port(true)
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// One frontend → backend pair.
 #[derive(Default)]
@@ -37,10 +37,9 @@ impl Drop for HaProxy {
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port nothing listens on right now (see [`super::unused_port`]).
 pub async fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], super::unused_port(false)))
 }
 
 impl HaProxy {

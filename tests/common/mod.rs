@@ -390,6 +390,28 @@ pub fn big_body(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
+/// A loopback port nothing listens on now, for a program the test starts (Pebble, dnsmasq,
+/// HAProxy) to bind by number. It lies below Linux's ephemeral range (32768–60999): a port from
+/// `bind(0)` is released before the program binds it, and meanwhile the kernel could give it to
+/// any outgoing connection or other `bind(0)` in the tests (seen in CI: Pebble's "address already
+/// in use"). Ports here are handed out once per test process, from an offset that differs
+/// between processes. `udp`: free for UDP as well (DNS).
+pub fn unused_port(udp: bool) -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    const LOW: usize = 10_000;
+    const SPAN: usize = 22_000;
+    let offset = (std::process::id() as usize).wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (offset + n) % SPAN).unwrap();
+        let tcp_free = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if tcp_free && (!udp || std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()) {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN);
+}
+
 /// A proxy running in-process on `127.0.0.1:0`.
 pub struct Proxy {
     pub https: SocketAddr,

@@ -25,24 +25,14 @@ use tokio_rustls::TlsConnector;
 
 use super::{KeyAlg, TestCa, provider};
 
-/// A loopback TCP port nothing listens on right now.
+/// A loopback TCP port nothing listens on right now (see [`super::unused_port`]).
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    super::unused_port(false)
 }
 
 /// A loopback port free for both UDP and TCP (DNS uses both).
 fn free_dns_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    super::unused_port(true)
 }
 
 /// Everything the proxy's configuration needs before Pebble runs: the directory URL and the
