@@ -1,7 +1,7 @@
 //! The server's TLS layer (rustls's unbuffered API with buffers of trackproxy's own): bodies
-//! larger than a record both ways, a client whose bytes arrive a few at a time, and clean
-//! closes with `close_notify` both ways. TLS versions, ALPN and SNI are in `tls_sni.rs`;
-//! parked connections in `parking.rs`.
+//! larger than a record both ways, a client whose bytes arrive a few at a time, clean closes
+//! with `close_notify` both ways, a corrupted record, TLS 1.2 data and resumption. TLS
+//! versions, ALPN and SNI are in `tls_sni.rs`; parked connections in `parking.rs`.
 
 #![allow(clippy::pedantic, clippy::unwrap_used)]
 
@@ -237,4 +237,63 @@ async fn a_corrupted_record_is_answered_with_an_alert_and_nothing_is_forwarded()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn tls12_carries_multi_record_bodies_and_resumes() {
+    let s = Setup::new().await;
+    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(s.ca.der()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(common::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let cfg = std::sync::Arc::new(cfg);
+
+    // A full TLS 1.2 handshake; 200 kB up and 1 MB down, byte for byte.
+    let mut c = common::tls_connect_with(cfg.clone(), "127.0.0.1", proxy.https, HOST)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let up = big_body(200_000);
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {}\r\n\r\n",
+        up.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&up).await.unwrap();
+    let (status, _, body) = h1_exchange(&mut c, "").await;
+    assert_eq!((status, body.as_str()), (200, "ok 200000"));
+    c.write_all(
+        format!("GET /big?bytes=1000000 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut out))
+        .await
+        .expect("closed in time")
+        .expect("a clean TLS close");
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(status_of(&String::from_utf8_lossy(&out[..split])), 200);
+    assert!(out[split..] == big_body(1_000_000)[..], "body differs");
+
+    // The same client comes back: the session resumes (TLS 1.2 session ticket).
+    let mut again = common::tls_connect_with(cfg, "127.0.0.1", proxy.https, HOST)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let request = format!("GET /wf/open?upn=resumed HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    let (status, _, _) = h1_exchange(&mut again, &request).await;
+    assert_eq!(status, 200);
 }
