@@ -48,49 +48,97 @@ async fn bodies_of_many_records_pass_intact_over_http1_and_http2() {
     assert_eq!(s.upstream.requests().len(), 4);
 }
 
+/// A TLS client driven by hand (rustls's `ClientConnection` over a TCP socket), so that a test
+/// decides how its bytes go on the wire.
+struct RawClient {
+    tls: rustls::ClientConnection,
+    tcp: TcpStream,
+}
+
+impl RawClient {
+    async fn connect(ca: &TestCa, addr: SocketAddr) -> Self {
+        let name = ServerName::try_from(HOST.to_owned()).unwrap();
+        let tls = rustls::ClientConnection::new(ca.client_config(&[b"http/1.1"]), name).unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        RawClient { tls, tcp }
+    }
+
+    /// The TLS bytes rustls has to send.
+    fn pending(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    /// Sends `bytes` in TCP segments of `chunk` bytes, 1 ms apart.
+    async fn send(&mut self, bytes: &[u8], chunk: usize) {
+        for piece in bytes.chunks(chunk) {
+            self.tcp.write_all(piece).await.unwrap();
+            if piece.len() < bytes.len() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+
+    /// Reads once from the socket and lets rustls process it: the bytes read (0: the server
+    /// closed), or the error rustls found in them (an alert the server sent, say).
+    async fn receive(&mut self) -> Result<usize, rustls::Error> {
+        let mut buf = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.tcp.read(&mut buf))
+            .await
+            .expect("the server answers or closes")
+            .unwrap_or(0);
+        let mut rd = &buf[..n];
+        while !rd.is_empty() {
+            if self.tls.read_tls(&mut rd).is_err() {
+                break;
+            }
+            self.tls.process_new_packets()?;
+        }
+        Ok(n)
+    }
+
+    async fn handshake(&mut self) {
+        for _ in 0..20 {
+            if !self.tls.is_handshaking() {
+                return;
+            }
+            let out = self.pending();
+            self.send(&out, usize::MAX).await;
+            assert!(self.receive().await.unwrap() > 0, "closed in the handshake");
+        }
+        panic!("the handshake did not finish");
+    }
+}
+
 /// A client whose TCP segments carry `chunk` bytes each, 1 ms apart: the `ClientHello`, the
 /// record headers and the request all arrive in pieces. Returns the plaintext answer, read
 /// until the server's `close_notify` (the request says `Connection: close`).
 async fn trickling_client(ca: &TestCa, addr: SocketAddr, chunk: usize, request: &str) -> String {
-    let name = ServerName::try_from(HOST.to_owned()).unwrap();
-    let mut tls = rustls::ClientConnection::new(ca.client_config(&[b"http/1.1"]), name).unwrap();
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
+    let mut c = RawClient::connect(ca, addr).await;
     let mut request = Some(request.as_bytes());
     let mut answer = Vec::new();
     for _ in 0..1000 {
-        let mut out = Vec::new();
-        while tls.wants_write() {
-            tls.write_tls(&mut out).unwrap();
-        }
-        for piece in out.chunks(chunk) {
-            tcp.write_all(piece).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if !tls.is_handshaking()
+        let out = c.pending();
+        c.send(&out, chunk).await;
+        if !c.tls.is_handshaking()
             && let Some(r) = request.take()
         {
-            tls.writer().write_all(r).unwrap();
+            c.tls.writer().write_all(r).unwrap();
             continue;
         }
-        let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
-            .await
-            .expect("the server answers")
-            .unwrap();
+        let n = c.receive().await.unwrap();
         assert!(
             n > 0,
             "closed without close_notify after {:?}",
             String::from_utf8_lossy(&answer)
         );
-        let mut rd = &buf[..n];
-        while !rd.is_empty() {
-            tls.read_tls(&mut rd).unwrap();
-            tls.process_new_packets().unwrap();
-        }
         let mut plain = [0u8; 4096];
         loop {
-            match tls.reader().read(&mut plain) {
+            match c.tls.reader().read(&mut plain) {
                 // The server's close_notify.
                 Ok(0) => return String::from_utf8_lossy(&answer).into_owned(),
                 Ok(k) => answer.extend_from_slice(&plain[..k]),
@@ -122,6 +170,22 @@ async fn bytes_arriving_a_few_at_a_time_make_a_handshake_and_a_request() {
     assert_eq!(s.upstream.last().target, "/ls/click?upn=trickle");
 }
 
+/// Sends `request` (it says `Connection: close`) and reads everything until the server closes;
+/// fails unless the server's close_notify came before its FIN (a clean TLS close, not a
+/// truncation).
+async fn exchange_until_clean_close<S>(c: &mut S, request: &str) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    c.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut out))
+        .await
+        .expect("closed in time")
+        .expect("a clean TLS close after the response");
+    out
+}
+
 #[tokio::test]
 async fn connections_close_with_close_notify_both_ways() {
     let s = Setup::new().await;
@@ -130,17 +194,9 @@ async fn connections_close_with_close_notify_both_ways() {
     // The server closes (`Connection: close`): its close_notify comes before its FIN, so the
     // client's TLS library reports a clean end, not a truncation.
     let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
-    c.write_all(
-        format!("GET /wf/open?upn=a HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut out))
-        .await
-        .expect("closed in time")
-        .expect("a clean TLS close after the response");
+    let request =
+        format!("GET /wf/open?upn=a HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let out = exchange_until_clean_close(&mut c, &request).await;
     assert_eq!(status_of(&String::from_utf8_lossy(&out)), 200);
 
     // The client closes after a keep-alive exchange: the server answers its close_notify
@@ -162,58 +218,24 @@ async fn connections_close_with_close_notify_both_ways() {
 async fn a_corrupted_record_is_answered_with_an_alert_and_nothing_is_forwarded() {
     let s = Setup::new().await;
     let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
-    let name = ServerName::try_from(HOST.to_owned()).unwrap();
-    let mut tls = rustls::ClientConnection::new(s.ca.client_config(&[b"http/1.1"]), name).unwrap();
-    let mut tcp = TcpStream::connect(proxy.https).await.unwrap();
-    let mut buf = vec![0u8; 16 * 1024];
-    for _ in 0..20 {
-        if !tls.is_handshaking() {
-            break;
-        }
-        let mut out = Vec::new();
-        while tls.wants_write() {
-            tls.write_tls(&mut out).unwrap();
-        }
-        tcp.write_all(&out).await.unwrap();
-        let n = tcp.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed during the handshake");
-        let mut rd = &buf[..n];
-        while !rd.is_empty() {
-            tls.read_tls(&mut rd).unwrap();
-            tls.process_new_packets().unwrap();
-        }
-    }
-    assert!(!tls.is_handshaking(), "handshake did not finish");
+    let mut c = RawClient::connect(&s.ca, proxy.https).await;
+    c.handshake().await;
     let request = format!("GET /ls/click?upn=corrupt HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
-    tls.writer().write_all(request.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    while tls.wants_write() {
-        tls.write_tls(&mut out).unwrap();
-    }
+    c.tls.writer().write_all(request.as_bytes()).unwrap();
+    let mut out = c.pending();
     // The last byte is the request record's authentication tag.
     *out.last_mut().unwrap() ^= 1;
-    tcp.write_all(&out).await.unwrap();
+    c.send(&out, usize::MAX).await;
 
     let mut got = None;
     for _ in 0..20 {
-        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
-            .await
-            .expect("the server answers or closes")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        let mut rd = &buf[..n];
-        while !rd.is_empty() && got.is_none() {
-            if tls.read_tls(&mut rd).is_err() {
+        match c.receive().await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                got = Some(e);
                 break;
             }
-            if let Err(e) = tls.process_new_packets() {
-                got = Some(e);
-            }
-        }
-        if got.is_some() {
-            break;
         }
     }
     assert_eq!(
@@ -270,17 +292,9 @@ async fn tls12_carries_multi_record_bodies_and_resumes() {
     c.write_all(&up).await.unwrap();
     let (status, _, body) = h1_exchange(&mut c, "").await;
     assert_eq!((status, body.as_str()), (200, "ok 200000"));
-    c.write_all(
-        format!("GET /big?bytes=1000000 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut out))
-        .await
-        .expect("closed in time")
-        .expect("a clean TLS close");
+    let request =
+        format!("GET /big?bytes=1000000 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let out = exchange_until_clean_close(&mut c, &request).await;
     let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(status_of(&String::from_utf8_lossy(&out[..split])), 200);
     assert!(out[split..] == big_body(1_000_000)[..], "body differs");
