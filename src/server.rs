@@ -232,7 +232,11 @@ pub(crate) async fn accept_loop(
             async move {
                 let _permit = permit;
                 let mut stream = stream;
-                let local = stream.local_addr().unwrap_or(peer);
+                // Bound to one address, the listener knows ours: no system call.
+                let local = match local {
+                    Some(a) if !a.ip().is_unspecified() => a,
+                    _ => stream.local_addr().unwrap_or(peer),
+                };
                 let _ = stream.set_nodelay(true);
                 // One deadline covers the PROXY header and the TLS handshake.
                 let deadline = Instant::now() + server.handshake_timeout;

@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Proxy, Setup, TestCa, big_body, client, h1_exchange, status_of, tls_connect};
@@ -57,8 +58,12 @@ struct RawClient {
 
 impl RawClient {
     async fn connect(ca: &TestCa, addr: SocketAddr) -> Self {
+        Self::connect_with(ca.client_config(&[b"http/1.1"]), addr).await
+    }
+
+    async fn connect_with(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr) -> Self {
         let name = ServerName::try_from(HOST.to_owned()).unwrap();
-        let tls = rustls::ClientConnection::new(ca.client_config(&[b"http/1.1"]), name).unwrap();
+        let tls = rustls::ClientConnection::new(cfg, name).unwrap();
         let tcp = TcpStream::connect(addr).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         RawClient { tls, tcp }
@@ -101,6 +106,20 @@ impl RawClient {
         Ok(n)
     }
 
+    /// Moves the plaintext rustls has to `answer`; `true` once the server's `close_notify`
+    /// came.
+    fn take_plain(&mut self, answer: &mut Vec<u8>) -> bool {
+        let mut plain = [0u8; 4096];
+        loop {
+            match self.tls.reader().read(&mut plain) {
+                Ok(0) => return true,
+                Ok(k) => answer.extend_from_slice(&plain[..k]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     async fn handshake(&mut self) {
         for _ in 0..20 {
             if !self.tls.is_handshaking() {
@@ -136,20 +155,69 @@ async fn trickling_client(ca: &TestCa, addr: SocketAddr, chunk: usize, request: 
             "closed without close_notify after {:?}",
             String::from_utf8_lossy(&answer)
         );
-        let mut plain = [0u8; 4096];
-        loop {
-            match c.tls.reader().read(&mut plain) {
-                // The server's close_notify.
-                Ok(0) => return String::from_utf8_lossy(&answer).into_owned(),
-                Ok(k) => answer.extend_from_slice(&plain[..k]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
+        if c.take_plain(&mut answer) {
+            return String::from_utf8_lossy(&answer).into_owned();
         }
     }
     panic!(
         "no end of the answer: {:?}",
         String::from_utf8_lossy(&answer)
+    );
+}
+
+/// TLS 1.3 session tickets wait for the first response and leave in the same write (one
+/// packet less per new connection); a client that comes back resumes with them.
+#[tokio::test]
+async fn session_tickets_go_out_with_the_first_response() {
+    let s = Setup::new().await;
+    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let cfg = s.ca.client_config(&[b"http/1.1"]);
+    let mut c = RawClient::connect_with(cfg.clone(), proxy.https).await;
+    c.handshake().await;
+    assert_eq!(
+        c.tls.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    // The client's Finished; the handshake is over for the server too.
+    let finished = c.pending();
+    c.send(&finished, usize::MAX).await;
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), c.tcp.peek(&mut byte)).await;
+    assert!(
+        early.is_err(),
+        "the server sent something before any request"
+    );
+
+    let request =
+        format!("GET /wf/open?upn=ticket HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    c.tls.writer().write_all(request.as_bytes()).unwrap();
+    let out = c.pending();
+    c.send(&out, usize::MAX).await;
+    let mut answer = Vec::new();
+    let mut closed = false;
+    for _ in 0..100 {
+        assert!(
+            c.receive().await.unwrap() > 0,
+            "closed without close_notify"
+        );
+        if c.take_plain(&mut answer) {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "no close_notify after {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer)), 200);
+
+    // The ticket came: the next connection resumes.
+    let mut again = RawClient::connect_with(cfg, proxy.https).await;
+    again.handshake().await;
+    assert_eq!(
+        again.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
     );
 }
 

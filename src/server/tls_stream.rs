@@ -23,7 +23,7 @@ use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
     UnbufferedStatus,
 };
-use rustls::{CommonState, ServerConfig};
+use rustls::{CommonState, ProtocolVersion, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -116,6 +116,7 @@ impl Accepting {
             rx: self.rx,
             tx: Vec::new(),
             tx_sent: 0,
+            held: 0,
             plain: Vec::new(),
             plain_read: 0,
             close_notify_sent: false,
@@ -125,6 +126,15 @@ impl Accepting {
         };
         loop {
             let step = tls.drive(None, Send::Nothing);
+            if step.is_ok()
+                && !tls.conn.is_handshaking()
+                && tls.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)
+            {
+                // The client's Finished was the last message; what rustls queued since are
+                // its session tickets (TLS 1.2 would have queued the server's Finished).
+                tls.held = tls.tx.len();
+                return Ok(tls);
+            }
             tls.send_all().await?;
             match step? {
                 _ if !tls.conn.is_handshaking() => return Ok(tls),
@@ -149,6 +159,11 @@ pub(crate) struct TlsStream {
     /// TLS bytes to send: `tx[tx_sent..]`.
     tx: Vec<u8>,
     tx_sent: usize,
+    /// Non-zero: `tx` holds only the session tickets rustls issued as the handshake ended
+    /// (TLS 1.3), this many bytes. The client does not wait for them, so they wait for the
+    /// first response (or the close) and go out in the same write: one packet less per
+    /// connection. Any other send takes them along.
+    held: usize,
     /// Plaintext received and not yet read: `plain[plain_read..]`.
     plain: Vec<u8>,
     plain_read: usize,
@@ -408,6 +423,7 @@ impl TlsStream {
 
     /// Writes the queued TLS bytes until the socket blocks or none are left.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.held = 0;
         while self.tx_sent < self.tx.len() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.tx[self.tx_sent..]))?;
             if n == 0 {
@@ -460,10 +476,13 @@ impl AsyncRead for TlsStream {
                 return Poll::Ready(Ok(()));
             }
             let before = out.filled().len();
+            let queued = this.tx.len();
             let step = this.drive(Some(out), Send::Nothing);
             // Records rustls answers (a TLS 1.3 key update, an alert) go out with what the
             // socket takes now; the rest with the next write.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            if (this.held == 0 || this.tx.len() > queued || step.is_err())
+                && let Poll::Ready(Err(e)) = this.poll_send(cx)
+            {
                 return Poll::Ready(Err(step.err().unwrap_or(e)));
             }
             let step = step?;
@@ -494,8 +513,10 @@ impl AsyncWrite for TlsStream {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        // At most one batch of TLS bytes waits for the socket.
-        ready!(this.poll_send(cx))?;
+        // At most one batch of TLS bytes waits for the socket (held tickets go with this one).
+        if this.held == 0 {
+            ready!(this.poll_send(cx))?;
+        }
         if this.close_notify_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -514,7 +535,10 @@ impl AsyncWrite for TlsStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send(cx))?;
+        // Held tickets are not data written: they wait for some.
+        if this.held == 0 {
+            ready!(this.poll_send(cx))?;
+        }
         Pin::new(&mut this.io).poll_flush(cx)
     }
 
