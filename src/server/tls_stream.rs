@@ -479,7 +479,8 @@ impl AsyncRead for TlsStream {
             let queued = this.tx.len();
             let step = this.drive(Some(out), Send::Nothing);
             // Records rustls answers (a TLS 1.3 key update, an alert) go out with what the
-            // socket takes now; the rest with the next write.
+            // socket takes now, held tickets with them; the rest with the next write. Held
+            // tickets alone keep waiting for a response.
             if (this.held == 0 || this.tx.len() > queued || step.is_err())
                 && let Poll::Ready(Err(e)) = this.poll_send(cx)
             {
