@@ -530,3 +530,56 @@ async fn an_unwritable_cache_dir_is_a_clear_configuration_error() {
         assert!(err.to_string().contains("tls.acme.cache_dir"), "{err}");
     }
 }
+
+#[tokio::test]
+async fn hosts_ordering_together_on_a_new_account_register_it_once_and_all_get_certificates() {
+    // Every host task starts its order at once with the same new account key. A CA may refuse
+    // all but one of simultaneous registrations of one key (Pebble answers serverInternal), so
+    // the account is registered once, before any order registers it again.
+    let hosts: Vec<String> = (0..8)
+        .map(|i| format!("url{i}.many.example.test"))
+        .collect();
+    let names: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let s = Setup::new().await;
+    let plan = PebblePlan::new();
+    let cache = tempfile::tempdir().unwrap();
+    let toml = config(&s, &plan, cache.path(), &names, "backoff_initial = \"1h\"");
+    let listeners = bind_listeners().await;
+    let https = listeners.https.local_addr().unwrap();
+    let pebble = Pebble::start(
+        plan,
+        https.port(),
+        listeners.http.local_addr().unwrap().port(),
+    )
+    .await;
+    let proxy = Proxy::start_on(listeners, &toml);
+    wait_until("every host issued or failed", ISSUE, || {
+        names
+            .iter()
+            .all(|h| proxy.resolver.knows(h) || acme_status(&proxy, h).failures > 0)
+    })
+    .await;
+    for h in &names {
+        let status = acme_status(&proxy, h);
+        assert_eq!(status.failures, 0, "{h}: {:?}", status.last_error);
+        assert!(proxy.resolver.knows(h), "{h}");
+    }
+    assert_eq!(pebble.orders(), names.len(), "one order per host");
+    // Pebble's log: the first registration created the account before a second one arrived.
+    let log = pebble.log();
+    let account_lines: Vec<&str> = log
+        .iter()
+        .filter(|l| l.contains("POST /sign-me-up") || l.contains("accounts in memory"))
+        .map(String::as_str)
+        .collect();
+    assert!(
+        account_lines.len() > 2
+            && account_lines[0].contains("POST /sign-me-up")
+            && account_lines[1].contains("There are now 1 accounts in memory")
+            && account_lines[2..]
+                .iter()
+                .all(|l| l.contains("POST /sign-me-up")),
+        "{account_lines:#?}"
+    );
+    proxy.stop().await;
+}

@@ -7,6 +7,7 @@
 //! order at a time and is dropped afterwards:
 //!
 //! 1. At start the cached certificate (if any) is loaded and served without contacting the CA.
+//!    Before its first order, the process registers the account once (`AccountStore`).
 //! 2. The next order is due when two thirds of the certificate's lifetime have passed
 //!    (rustls-acme's own schedule: 30 days before expiry for a 90-day certificate), at once when
 //!    there is no certificate, and never before the back-off deadline of a failed attempt.
@@ -41,7 +42,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_acme::acme::{ACME_TLS_ALPN_NAME, AcmeError, Problem as AcmeProblem};
+use rustls_acme::acme::{
+    ACME_TLS_ALPN_NAME, Account, AcmeError, Directory, Problem as AcmeProblem,
+};
 use rustls_acme::{
     AccountCache, CertCache, EventError, EventOk, OrderError, ResolvesServerCertAcme, UseChallenge,
 };
@@ -238,10 +241,7 @@ pub fn plan(
     };
     let settings = Arc::new(Settings {
         config: cfg.clone(),
-        account: Arc::new(AccountStore {
-            path: dir.join("account.key"),
-            lock: tokio::sync::Mutex::new(()),
-        }),
+        account: Arc::new(AccountStore::new(dir.join("account.key"))),
         dir,
         client,
         provider: provider.clone(),
@@ -611,16 +611,53 @@ async fn write_atomic_async(path: PathBuf, contents: Vec<u8>) -> io::Result<()> 
         .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
-/// The account key of one directory, shared by every host: created once (under a lock, so
-/// hosts starting together do not each make an account) and never overwritten.
+/// The account key of one directory, shared by every host: created once and never
+/// overwritten, and registered with the CA once per process before any order.
+///
+/// Each order (rustls-acme's `AcmeState`) registers the key again, which a CA answers with the
+/// existing account. Hosts that start together would otherwise all register a new key at the
+/// same moment, and a CA may create the account for one of them and refuse the others (Pebble
+/// answers `serverInternal`): those hosts would fail and wait out a back-off for nothing.
 struct AccountStore {
     path: PathBuf,
-    lock: tokio::sync::Mutex<()>,
+    /// Whether this process has registered the key; held while the key is read, created or
+    /// registered.
+    registered: tokio::sync::Mutex<bool>,
 }
 
 impl AccountStore {
+    fn new(path: PathBuf) -> Self {
+        AccountStore {
+            path,
+            registered: tokio::sync::Mutex::new(false),
+        }
+    }
+
     async fn load_or_create(&self) -> io::Result<Vec<u8>> {
-        let _guard = self.lock.lock().await;
+        let _guard = self.registered.lock().await;
+        self.read_or_create().await
+    }
+
+    /// Registers the account (RFC 8555 §7.3) unless this process already has. Hosts arriving
+    /// meanwhile wait, and then find the account.
+    async fn register(&self, settings: &Settings) -> Result<(), Error> {
+        let mut registered = self.registered.lock().await;
+        if *registered {
+            return Ok(());
+        }
+        let key = self.read_or_create().await.map_err(Error::Account)?;
+        let acme = |e: AcmeError| Error::Order(OrderError::Acme(e));
+        let directory = Directory::discover(&settings.client, &settings.config.directory)
+            .await
+            .map_err(acme)?;
+        Account::create_with_keypair(&settings.client, directory, &settings.config.contact, &key)
+            .await
+            .map_err(acme)?;
+        *registered = true;
+        Ok(())
+    }
+
+    async fn read_or_create(&self) -> io::Result<Vec<u8>> {
         let path = self.path.clone();
         match tokio::fs::read(&path).await {
             Ok(pem) => {
@@ -685,6 +722,7 @@ impl AccountCache for HostCache {
 
 /// Runs one order for `host` and returns the new certificate.
 async fn attempt(settings: &Settings, host: &AcmeHost) -> Result<(Served, bool), Error> {
+    settings.account.register(settings).await?;
     let issued = Arc::new(Mutex::new(None));
     let cache = HostCache {
         path: cert_path(&settings.dir, &host.name),
