@@ -40,6 +40,12 @@ fn config(s: &Setup, plan: &PebblePlan, cache: &Path, acme_hosts: &[&str], acme:
     )
 }
 
+/// Pebble validating against `listeners`: TLS-ALPN-01 on the HTTPS one, HTTP-01 on the other.
+async fn pebble_validating(plan: PebblePlan, listeners: &trackproxy::server::Listeners) -> Pebble {
+    let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
+    Pebble::start(plan, port(&listeners.https), port(&listeners.http)).await
+}
+
 #[tokio::test]
 async fn tls_alpn_01_issues_a_certificate_that_serves_tracked_links() {
     let s = Setup::new().await;
@@ -178,12 +184,7 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
     let toml = config(&s, &plan, cache.path(), &[A, B], "");
     let listeners = bind_listeners().await;
     let https = listeners.https.local_addr().unwrap();
-    let pebble = Pebble::start(
-        plan,
-        https.port(),
-        listeners.http.local_addr().unwrap().port(),
-    )
-    .await;
+    let pebble = pebble_validating(plan, &listeners).await;
     let proxy = Proxy::start_on(listeners, &toml);
     wait_until("certificates for A and B", ISSUE, || {
         proxy.resolver.knows(A) && proxy.resolver.knows(B)
@@ -252,13 +253,7 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
     let cache = tempfile::tempdir().unwrap();
     let toml = config(&s, &plan, cache.path(), &[A, B], "backoff_initial = \"1h\"");
     let listeners = bind_listeners().await;
-    let https = listeners.https.local_addr().unwrap();
-    let pebble = Pebble::start(
-        plan,
-        https.port(),
-        listeners.http.local_addr().unwrap().port(),
-    )
-    .await;
+    let pebble = pebble_validating(plan, &listeners).await;
     // B's name does not point at us: validation connects to 127.0.0.2, where nothing listens.
     pebble.add_a(B, "127.0.0.2").await;
     let proxy = Proxy::start_on(listeners, &toml);
@@ -368,12 +363,7 @@ async fn a_certificate_due_for_renewal_is_renewed_and_swapped_in() {
     let toml = config(&s, &plan, cache.path(), &[A], "");
     let listeners = bind_listeners().await;
     let https = listeners.https.local_addr().unwrap();
-    let pebble = Pebble::start(
-        plan,
-        https.port(),
-        listeners.http.local_addr().unwrap().port(),
-    )
-    .await;
+    let pebble = pebble_validating(plan, &listeners).await;
     let proxy = Proxy::start_on(listeners, &toml);
     // Served from the cache at once, then replaced by the renewal without a restart.
     assert!(proxy.resolver.knows(A));
@@ -545,13 +535,7 @@ async fn hosts_ordering_together_on_a_new_account_register_it_once_and_all_get_c
     let cache = tempfile::tempdir().unwrap();
     let toml = config(&s, &plan, cache.path(), &names, "backoff_initial = \"1h\"");
     let listeners = bind_listeners().await;
-    let https = listeners.https.local_addr().unwrap();
-    let pebble = Pebble::start(
-        plan,
-        https.port(),
-        listeners.http.local_addr().unwrap().port(),
-    )
-    .await;
+    let pebble = pebble_validating(plan, &listeners).await;
     let proxy = Proxy::start_on(listeners, &toml);
     wait_until("every host issued or failed", ISSUE, || {
         names
