@@ -29,6 +29,7 @@ pub mod admin;
 #[doc(hidden)]
 pub mod bench_api;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod doctor;
 pub mod error;
@@ -344,7 +345,7 @@ pub async fn serve(
         idle_timeout: cfg.server.idle_timeout,
         proxy_protocol: server::ProxyPolicy {
             mode: cfg.server.proxy_protocol,
-            trusted: cfg.server.trusted_proxies.clone(),
+            trusted: client::Cidrs::from(cfg.server.trusted_proxies.clone()),
         },
         limits: limits.clone(),
         metrics: metrics.clone(),

@@ -8,7 +8,6 @@
 //! - `headers`: host of a request, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`upstream`]: the pooled client.
 
-pub mod client_addr;
 pub(crate) mod headers;
 pub mod upstream;
 
@@ -29,9 +28,9 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::client::ConnInfo;
 use crate::config::{Config, HttpMode, UpstreamUrl};
 use crate::error::ProxyError;
-use crate::server::ConnInfo;
 use crate::tls::SniResolver;
 use upstream::{PooledBody, ResponseFuture, UpstreamClient};
 

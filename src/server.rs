@@ -36,6 +36,7 @@ mod proxy_protocol;
 
 pub(crate) use proxy_protocol::Policy as ProxyPolicy;
 
+use crate::client::{self, ConnInfo, TlsInfo};
 use crate::config::{Config, ServerConfig as ServerSettings};
 use crate::middleware::HttpService;
 use crate::telemetry::metrics::{HandshakeFailure, Metrics};
@@ -43,39 +44,6 @@ use crate::tls::SniResolver;
 use conn_limit::ConnLimits;
 use serve::Protocol;
 use tls_stream::{Accepting, TlsStream};
-
-/// What the HTTP layer knows about the connection a request arrived on. Inserted into every
-/// request's extensions.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The client, for logs, rate limits and `X-Forwarded-For`: [`ConnInfo::remote`], or, when
-    /// that is a trusted proxy, the right-most untrusted address of its `X-Forwarded-For`
-    /// (set per request; port 0 then).
-    pub client: SocketAddr,
-    /// Who sent us the HTTP request: the TCP peer, or the address a trusted PROXY header
-    /// carried.
-    pub remote: SocketAddr,
-    /// Whether [`ConnInfo::remote`] is in `server.trusted_proxies` (an L7 load balancer whose
-    /// `X-Forwarded-For` is believed and extended).
-    pub remote_trusted: bool,
-    /// The TCP peer (a load balancer when PROXY protocol is used).
-    pub peer: SocketAddr,
-    /// Our address the connection arrived on.
-    pub local: SocketAddr,
-    /// TLS facts; `None` on the plain-HTTP listener.
-    pub tls: Option<TlsInfo>,
-}
-
-/// TLS facts of a connection.
-#[derive(Debug, Clone)]
-pub struct TlsInfo {
-    /// The SNI the client asked for (lower case); always a configured host.
-    pub sni: Arc<str>,
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub version: &'static str,
-    /// Whether the session was resumed (no full handshake).
-    pub resumed: bool,
-}
 
 /// The bound listeners `run` serves. `main` binds them from the configuration; tests bind
 /// `127.0.0.1:0`.
@@ -194,7 +162,8 @@ pub(crate) async fn accept_loop(
             () = token.cancelled() => break,
         };
         let (stream, peer) = match accepted {
-            Ok(x) => x,
+            // An IPv4 client on a dual-stack listener is shown and matched as IPv4.
+            Ok((stream, peer)) => (stream, client::canonical(peer)),
             Err(e) if is_per_connection_error(&e) => continue,
             Err(e) => {
                 // EMFILE / ENFILE / ENOMEM: back off instead of spinning; never give up.
@@ -242,7 +211,7 @@ pub(crate) async fn accept_loop(
                 let deadline = Instant::now() + server.handshake_timeout;
                 let policy = &server.proxy_protocol;
                 let client = match tokio::time::timeout_at(deadline, policy.client_addr(&mut stream, peer)).await {
-                    Ok(Ok(client)) => client,
+                    Ok(Ok(client)) => client::canonical(client),
                     Ok(Err(e)) => {
                         info!(failure = e.failure(), error = %crate::error::chain(&e), "connection refused");
                         return;

@@ -33,8 +33,8 @@ use tower::{Layer, Service};
 use tracing::Span;
 
 use super::request_id::RequestIdValue;
+use crate::client::ConnInfo;
 use crate::proxy::UpstreamTiming;
-use crate::server::ConnInfo;
 use crate::telemetry::metrics::{HostHandle, Metrics};
 
 /// The `tracing` target of access log events (filter with `trackproxy::access=off`).
@@ -376,9 +376,9 @@ mod tests {
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
+    use crate::client::TlsInfo;
     use crate::middleware::request_id::RequestIdLayer;
     use crate::proxy::UpstreamBody;
-    use crate::server::TlsInfo;
     use crate::telemetry::metrics::Snapshot;
 
     /// Collects what the JSON formatter writes.

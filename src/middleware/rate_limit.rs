@@ -3,13 +3,13 @@
 //! answered at once with 429 and `Retry-After` (RFC 6585 §4); nothing waits.
 //!
 //! The client is `ConnInfo::client` (a trusted PROXY header can set it), grouped by /64 for
-//! IPv6 ([`client_key`]). Networks in `limits.allow` are never limited. The state of every
+//! IPv6 ([`client_key`](crate::client::client_key)). Networks in `limits.allow` are never limited. The state of every
 //! client seen lives in one sharded map shared by all connections; [`ClientLimiter::evict_stale`]
 //! (run every few seconds by the proxy) drops clients whose bucket is full again, so memory
 //! follows the number of clients active in the last few seconds, not of all clients ever seen.
 
 use std::future::Future;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,42 +21,12 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use http::{Request, Response};
-use ipnet::IpNet;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::client::{Cidrs, ConnInfo, client_key};
 use crate::config::LimitsConfig;
 use crate::error::ProxyError;
-use crate::server::ConnInfo;
-
-/// The key a client is limited under: IPv4 addresses as they are (IPv4-mapped IPv6 included),
-/// IPv6 addresses by their /64 — one subscriber or host usually owns a whole /64, so keying by
-/// /128 would let one client rotate through 2^64 keys.
-#[must_use]
-pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                IpAddr::V4(v4)
-            } else {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(Ipv6Addr::from(prefix))
-            }
-        }
-    }
-}
-
-/// Whether `ip` is in one of the `allow` networks (IPv4-mapped IPv6 addresses match IPv4
-/// networks).
-#[must_use]
-pub fn is_allowed(allow: &[IpNet], ip: IpAddr) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    };
-    allow.iter().any(|n| n.contains(&ip))
-}
 
 type KeyedLimiter<C> =
     RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
@@ -65,7 +35,7 @@ type KeyedLimiter<C> =
 pub struct ClientLimiter<C: Clock = DefaultClock> {
     /// `None` when `limits.per_client_rps = 0`.
     limiter: Option<KeyedLimiter<C>>,
-    allow: Vec<IpNet>,
+    allow: Cidrs,
 }
 
 impl<C: Clock> std::fmt::Debug for ClientLimiter<C> {
@@ -92,7 +62,7 @@ impl<C: Clock> ClientLimiter<C> {
             .map(|quota| RateLimiter::dashmap_with_clock(quota, clock));
         ClientLimiter {
             limiter,
-            allow: cfg.allow.clone(),
+            allow: Cidrs::from(cfg.allow.clone()),
         }
     }
 
@@ -102,7 +72,7 @@ impl<C: Clock> ClientLimiter<C> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
-        if !self.allow.is_empty() && is_allowed(&self.allow, client) {
+        if self.allow.contains(client) {
             return Ok(());
         }
         limiter
@@ -356,13 +326,8 @@ mod tests {
         assert_eq!(client_key(ip("192.0.2.1")), ip("192.0.2.1"));
         assert_eq!(client_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
         assert_eq!(client_key(ip("2001:db8:a:b:c:d:e:f")), ip("2001:db8:a:b::"));
-        assert!(is_allowed(
-            &["192.0.2.0/24".parse().unwrap()],
-            ip("::ffff:192.0.2.9")
-        ));
-        assert!(!is_allowed(
-            &["192.0.2.0/24".parse().unwrap()],
-            ip("192.0.3.1")
-        ));
+        let allow = Cidrs::from(vec!["192.0.2.0/24".parse().unwrap()]);
+        assert!(allow.contains(ip("::ffff:192.0.2.9")));
+        assert!(!allow.contains(ip("192.0.3.1")));
     }
 }

@@ -10,11 +10,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use ipnet::IpNet;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::client::{Cidrs, client_key};
 use crate::config::LimitsConfig;
-use crate::middleware::rate_limit::{client_key, is_allowed};
 
 /// The connection budgets, shared by the HTTPS and HTTP listeners.
 #[derive(Debug)]
@@ -22,7 +21,7 @@ pub struct ConnLimits {
     total: Arc<Semaphore>,
     max: usize,
     per_client: u32,
-    allow: Vec<IpNet>,
+    allow: Cidrs,
     /// Open connections per client key; entries are removed at zero, so this holds at most one
     /// entry per open connection.
     open: Mutex<HashMap<IpAddr, u32>>,
@@ -60,7 +59,7 @@ impl ConnLimits {
             total: Arc::new(Semaphore::new(max)),
             max,
             per_client: cfg.per_client_connections,
-            allow: cfg.allow.clone(),
+            allow: Cidrs::from(cfg.allow.clone()),
             open: Mutex::new(HashMap::new()),
             parked: AtomicUsize::new(0),
         })
@@ -108,7 +107,7 @@ impl ConnLimits {
         self: &Arc<Self>,
         client: IpAddr,
     ) -> Result<Option<ClientPermit>, PerClientLimit> {
-        if self.per_client == 0 || is_allowed(&self.allow, client) {
+        if self.per_client == 0 || self.allow.contains(client) {
             return Ok(None);
         }
         let key = client_key(client);

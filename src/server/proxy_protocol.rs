@@ -9,11 +9,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use ipnet::IpNet;
 use ppp::PartialResult;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::client::Cidrs;
 use crate::config::ProxyProtocol;
 
 /// v2 signature (12 bytes).
@@ -58,13 +58,13 @@ impl Refused {
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
     pub(crate) mode: ProxyProtocol,
-    pub(crate) trusted: Vec<IpNet>,
+    pub(crate) trusted: Cidrs,
 }
 
 impl Policy {
     /// Whether `ip` is a trusted proxy.
     pub(crate) fn trusts(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|n| n.contains(&ip))
+        self.trusted.contains(ip)
     }
 
     /// Reads the PROXY header if there should be one and returns the client address: the
@@ -220,7 +220,7 @@ mod tests {
     fn policy(mode: ProxyProtocol) -> Policy {
         Policy {
             mode,
-            trusted: vec!["127.0.0.1/32".parse().unwrap()],
+            trusted: Cidrs::from(vec!["127.0.0.1/32".parse().unwrap()]),
         }
     }
 

@@ -46,9 +46,9 @@ use tower::util::Oneshot;
 use tracing::instrument::Instrumented;
 use tracing::{Instrument, Span, debug};
 
-use super::{ConnInfo, Server, log_connection_error};
+use super::{Server, log_connection_error};
+use crate::client::{self, ConnInfo};
 use crate::middleware::{HttpService, ResponseBody};
-use crate::proxy::client_addr;
 
 /// How often a connection looks at whether it is idle; also how long an HTTP/1 connection
 /// stays idle before it is parked.
@@ -592,7 +592,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             // Behind an L7 load balancer the client is named by its X-Forwarded-For; decided
             // here, before the stack, so rate limits and logs see the same client.
             let trusted = &this.server.proxy_protocol.trusted;
-            let ip = client_addr::client_ip(req.headers(), info.remote.ip(), trusted);
+            let ip = client::client_ip(req.headers(), info.remote.ip(), trusted);
             if ip != info.remote.ip() {
                 info.client = SocketAddr::new(ip, 0);
             }

@@ -1,23 +1,121 @@
-//! Who the client is when an L7 load balancer sits in front.
+//! Who the client is: the facts of the connection a request arrived on ([`ConnInfo`],
+//! [`TlsInfo`]), the client address behind a load balancer (PROXY protocol source, or
+//! `X-Forwarded-For` / `Forwarded` from a trusted proxy: [`client_ip`]), the key a client is
+//! limited under ([`client_key`]), and [`Cidrs`], the one "is this address in these networks"
+//! check used by `server.trusted_proxies` (PROXY protocol and `X-Forwarded-For`) and
+//! `limits.allow` alike.
 //!
 //! The TCP peer (or the PROXY protocol source) is the address that sent us the request. When it
 //! is a trusted proxy, the client is the right-most address in `X-Forwarded-For` (or RFC 7239
 //! `Forwarded: for=`) that is not itself a trusted proxy: every proxy appends the address it
 //! received from, so addresses left of the first untrusted one were written by the client and
 //! prove nothing. From anyone else these headers are ignored (and replaced before forwarding).
+//!
+//! This module is the bottom layer: it imports no other module of the crate.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
-use http::HeaderMap;
 use http::header::FORWARDED;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
-use super::headers::X_FORWARDED_FOR;
+/// `X-Forwarded-For` (de facto standard; RFC 7239 `Forwarded` is its successor).
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// What the HTTP layer knows about the connection a request arrived on. Inserted into every
+/// request's extensions.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client, for logs, rate limits and `X-Forwarded-For`: [`ConnInfo::remote`], or, when
+    /// that is a trusted proxy, the right-most untrusted address of its `X-Forwarded-For`
+    /// (set per request; port 0 then).
+    pub client: SocketAddr,
+    /// Who sent us the HTTP request: the TCP peer, or the address a trusted PROXY header
+    /// carried.
+    pub remote: SocketAddr,
+    /// Whether [`ConnInfo::remote`] is in `server.trusted_proxies` (an L7 load balancer whose
+    /// `X-Forwarded-For` is believed and extended).
+    pub remote_trusted: bool,
+    /// The TCP peer (a load balancer when PROXY protocol is used).
+    pub peer: SocketAddr,
+    /// Our address the connection arrived on.
+    pub local: SocketAddr,
+    /// TLS facts; `None` on the plain-HTTP listener.
+    pub tls: Option<TlsInfo>,
+}
+
+/// TLS facts of a connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The SNI the client asked for (lower case); always a configured host.
+    pub sni: Arc<str>,
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: &'static str,
+    /// Whether the session was resumed (no full handshake).
+    pub resumed: bool,
+}
+
+/// A set of networks (`server.trusted_proxies`, `limits.allow`).
+///
+/// [`Cidrs::contains`] treats an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, how an IPv4
+/// client shows up on a dual-stack `[::]` listener) as the IPv4 address it carries, so
+/// `10.0.0.0/8` matches it wherever it is checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cidrs(Vec<IpNet>);
+
+impl Cidrs {
+    /// Whether `ip` is in one of the networks.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether there are no networks.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The networks, as configured.
+    #[must_use]
+    pub fn networks(&self) -> &[IpNet] {
+        &self.0
+    }
+}
+
+impl From<Vec<IpNet>> for Cidrs {
+    fn from(nets: Vec<IpNet>) -> Self {
+        Cidrs(nets)
+    }
+}
+
+/// An address as it should be shown and compared: an IPv4-mapped IPv6 address (an IPv4 client
+/// on a dual-stack listener) becomes the IPv4 address it carries.
+#[must_use]
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// The key a client is limited under: IPv4 addresses as they are (IPv4-mapped IPv6 included),
+/// IPv6 addresses by their /64 — one subscriber or host usually owns a whole /64, so keying by
+/// /128 would let one client rotate through 2^64 keys.
+#[must_use]
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
 
 /// The client address for a request that `sender` sent us.
 #[must_use]
-pub fn client_ip(headers: &HeaderMap, sender: IpAddr, trusted: &[IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+pub fn client_ip(headers: &HeaderMap, sender: IpAddr, trusted: &Cidrs) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.contains(*ip);
     if !is_trusted(&sender) {
         return sender;
     }
@@ -91,10 +189,10 @@ mod tests {
 
     #[test]
     fn client_ip_table() {
-        let trusted: Vec<IpNet> = vec![
+        let trusted = Cidrs::from(vec![
             "10.0.0.0/8".parse().unwrap(),
             "2001:db8:ffff::/48".parse().unwrap(),
-        ];
+        ]);
         let cases: &[Case<'_>] = &[
             // untrusted sender: headers ignored
             (
