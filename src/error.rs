@@ -1,6 +1,16 @@
-//! Request-level errors: what went wrong with one request, whose fault it was, and the status the
-//! client gets. The rescue layer (`middleware`) is the only place that turns these into responses.
+//! The errors that cross modules: [`ProxyError`] (what went wrong with one request, whose fault
+//! it was, and the status the client gets; the rescue layer in `middleware` is the only place
+//! that turns these into responses), [`UpstreamError`] (what failed towards the upstream) and
+//! [`BindError`] (a listener address that could not be bound). [`chain`] formats an error with
+//! its sources for logs.
+//!
+//! Errors of one boundary stay with it: `config::Errors` (every configuration problem, with key
+//! and file), `tls::Error`, and the doctor's usage errors.
+//!
+//! This module imports no other module of the crate.
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -37,7 +47,7 @@ pub enum ProxyError {
         upstream: String,
         /// What failed.
         #[source]
-        source: crate::proxy::upstream::UpstreamError,
+        source: UpstreamError,
     },
     /// The upstream connection failed after connecting (reset, malformed response, …).
     #[error("upstream {upstream}: request failed")]
@@ -46,7 +56,7 @@ pub enum ProxyError {
         upstream: String,
         /// What failed.
         #[source]
-        source: crate::proxy::upstream::UpstreamError,
+        source: UpstreamError,
     },
     /// The upstream did not answer with a response head in time.
     #[error("upstream {upstream} did not respond within {after:?}")]
@@ -176,4 +186,42 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A boxed error from the connector stack (DNS, TCP, TLS).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection: DNS, TCP, TLS or the connect timeout.
+    #[error("cannot connect")]
+    Connect(#[source] BoxError),
+    /// The connection failed while sending the request or reading the response head.
+    #[error("connection failed")]
+    Request(#[source] hyper::Error),
+    /// The request has no absolute `https://` or `http://` target (a bug in the caller).
+    #[error("request target without scheme and authority")]
+    Target,
+}
+
+impl UpstreamError {
+    /// Whether no connection could be made.
+    #[must_use]
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+/// A listener address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({key})")]
+pub struct BindError {
+    /// Config key of the address.
+    pub key: &'static str,
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: io::Error,
 }

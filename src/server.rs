@@ -38,6 +38,7 @@ pub(crate) use proxy_protocol::Policy as ProxyPolicy;
 
 use crate::client::{self, ConnInfo, TlsInfo};
 use crate::config::{Config, ServerConfig as ServerSettings};
+use crate::error::BindError;
 use crate::middleware::HttpService;
 use crate::telemetry::metrics::{HandshakeFailure, Metrics};
 use crate::tls::SniResolver;
@@ -75,19 +76,6 @@ impl Listeners {
             admin: bind(cfg.admin.listen, "admin.listen").await?,
         })
     }
-}
-
-/// A listener address could not be bound.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({key})")]
-pub struct BindError {
-    /// Config key of the address.
-    pub key: &'static str,
-    /// The address.
-    pub addr: SocketAddr,
-    /// Why.
-    #[source]
-    pub source: io::Error,
 }
 
 /// Everything a connection task needs, shared by all of them.

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::config::{self, UpstreamConfig};
+use crate::error::{BoxError, UpstreamError};
 
 /// Builds the pooled client.
 ///
@@ -96,28 +97,6 @@ impl std::fmt::Debug for UpstreamClient {
 /// The response future of [`UpstreamClient::request`].
 pub type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
-
-/// Why an upstream request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// No connection: DNS, TCP, TLS or the connect timeout.
-    #[error("cannot connect")]
-    Connect(#[source] BoxError),
-    /// The connection failed while sending the request or reading the response head.
-    #[error("connection failed")]
-    Request(#[source] hyper::Error),
-    /// The request has no absolute `https://` or `http://` target (a bug in the caller).
-    #[error("request target without scheme and authority")]
-    Target,
-}
-
-impl UpstreamError {
-    /// Whether no connection could be made.
-    #[must_use]
-    pub fn is_connect(&self) -> bool {
-        matches!(self, UpstreamError::Connect(_))
-    }
-}
 
 impl UpstreamClient {
     /// Sends `req` (absolute-form target) on a pooled or new connection, in origin form.
@@ -460,8 +439,6 @@ impl hyper::rt::Write for Conn {
     }
 }
 
-/// A boxed error, as connectors return them.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl tower::Service<Uri> for Connector {
     type Response = Conn;
