@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::App;
 use crate::config::{Config, Source};
+use crate::doctor;
 use crate::tls::{self, HostCertificate};
 
 /// Self-hosted HTTPS proxy for email click- and open-tracking link hosts.
@@ -109,6 +110,26 @@ pub struct DoctorArgs {
     pub timeout: Duration,
 }
 
+impl DoctorArgs {
+    /// The doctor's request: every option but `--config`.
+    #[must_use]
+    pub fn request(&self) -> doctor::Request {
+        doctor::Request {
+            hosts: self.hosts.clone(),
+            json: self.json,
+            dns_server: self.dns_server,
+            expect: self.expect.clone(),
+            connect: self.connect,
+            ca_file: self.ca_file.clone(),
+            link: self.link.clone(),
+            site: self.site.clone(),
+            owner_record: self.owner_record.clone(),
+            ca_domain: self.ca_domain.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
 /// The `--config` option shared by subcommands.
 #[derive(Debug, Args)]
 pub struct ConfigArg {
@@ -174,11 +195,24 @@ fn probe_command(args: &ProbeArgs) -> ExitCode {
     }
 }
 
+/// `trackproxy doctor`: 0 when no check failed, 1 when one did or the checks could not
+/// start, 64 on a usage or configuration error.
 fn doctor_command(args: &DoctorArgs) -> ExitCode {
     crate::telemetry::init_cli();
-    match load(&args.config) {
-        Ok(cfg) => ExitCode::from(crate::doctor::run(args, &cfg)),
-        Err(code) => code,
+    let cfg = match load(&args.config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match doctor::run(&args.request(), &cfg) {
+        Ok(doctor::Outcome::Passed) => ExitCode::SUCCESS,
+        Ok(doctor::Outcome::Failed) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("trackproxy doctor: {}", doctor::probe::chain(&e));
+            match e {
+                doctor::Error::Usage(_) => ExitCode::from(EXIT_CONFIG),
+                doctor::Error::Runtime(_) | doctor::Error::Dns(_) => ExitCode::FAILURE,
+            }
+        }
     }
 }
 

@@ -18,8 +18,12 @@
 //!    it does not allow the CA (`--ca-domain`, default `letsencrypt.org`).
 //! 7. **upstream** — TLS and an HTTP answer from the host's upstream, from this machine.
 //!
-//! Every network step runs under `--timeout` (default 5 s), so no check can hang. The exit
-//! code is 0 when no check failed, 1 when one did, 64 on a usage or configuration error.
+//! Every network step runs under `--timeout` (default 5 s), so no check can hang.
+//!
+//! The command line hands [`run`] a [`Request`] (plain values, no argument parser here) and
+//! turns what comes back into the exit code: [`Outcome::Passed`] or [`Outcome::Failed`] once
+//! the report is printed, or an [`Error`] when the request is unusable
+//! ([`Error::Usage`]) or the checks could not start.
 //!
 //! - [`dns`]: resolver, CNAME chains, CAA.
 //! - [`probe`]: TCP, TLS and HTTP probes.
@@ -30,14 +34,13 @@ pub mod dns;
 pub mod probe;
 pub mod report;
 
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
 
-use crate::cli::{DoctorArgs, EXIT_CONFIG};
 use crate::config::{self, Config, Expect, UpstreamUrl};
 use probe::{Prober, RootsError};
 use report::Report;
@@ -45,7 +48,59 @@ use report::Report;
 /// Default of `--ca-domain`: Let's Encrypt's CAA identifier.
 pub const DEFAULT_CA_DOMAIN: &str = "letsencrypt.org";
 
-/// A command-line value the doctor cannot use.
+/// What to check and how: the options of `trackproxy doctor`, as given. [`run`] validates
+/// them against the configuration; the flag each field comes from is named in brackets.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Branded hosts to check, as given (`HOST…`); empty: the `--link` host, or every
+    /// configured host.
+    pub hosts: Vec<String>,
+    /// Print the report as JSON instead of a checklist (`--json`).
+    pub json: bool,
+    /// DNS server for every lookup (`--dns-server`); `None`: the system's.
+    pub dns_server: Option<SocketAddr>,
+    /// This proxy's public name or address (`--expect`); `None`: `doctor.expect`.
+    pub expect: Option<String>,
+    /// Fixed address for the HTTPS and click checks (`--connect`).
+    pub connect: Option<SocketAddr>,
+    /// Extra PEM roots to trust (`--ca-file`).
+    pub ca_file: Option<PathBuf>,
+    /// A tracked link to request (`--link`).
+    pub link: Option<String>,
+    /// The sender's website whose HSTS is checked (`--site`).
+    pub site: Option<String>,
+    /// The ESP's ownership record (`--owner-record`); `None`: `hosts[].owner_record`.
+    pub owner_record: Option<String>,
+    /// The CA that CAA must allow (`--ca-domain`); `None`: see [`ca_domain`].
+    pub ca_domain: Option<String>,
+    /// Limit per network step (`--timeout`).
+    pub timeout: Duration,
+}
+
+/// How the checks went, once the report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No check failed (warnings allowed).
+    Passed,
+    /// At least one check failed.
+    Failed,
+}
+
+/// Why the checks did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value of the request is unusable.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The async runtime could not be started.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    /// The DNS resolver could not be set up.
+    #[error(transparent)]
+    Dns(#[from] dns::SetupError),
+}
+
+/// A request value the doctor cannot use.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
     /// A `HOST` argument is not a host name.
@@ -183,22 +238,22 @@ pub struct Options {
 }
 
 impl Options {
-    /// Validates `args` against `cfg`.
+    /// Validates `request` against `cfg`.
     ///
     /// # Errors
     /// The first unusable value.
-    pub fn new(args: &DoctorArgs, cfg: &Config) -> Result<Options, UsageError> {
-        let link = args
+    pub fn new(request: &Request, cfg: &Config) -> Result<Options, UsageError> {
+        let link = request
             .link
             .as_deref()
             .map(|l| WebUrl::parse("--link", l))
             .transpose()?;
-        let site = args
+        let site = request
             .site
             .as_deref()
             .map(|s| WebUrl::parse("--site", s))
             .transpose()?;
-        let owner_flag = args
+        let owner_flag = request
             .owner_record
             .as_deref()
             .map(|o| {
@@ -207,7 +262,7 @@ impl Options {
             .transpose()?;
         let mut targets = Vec::new();
         let mut names: Vec<String> = Vec::new();
-        for h in &args.hosts {
+        for h in &request.hosts {
             names.push(config::normalize_host_name(h).ok_or_else(|| UsageError::Host(h.clone()))?);
         }
         if names.is_empty() {
@@ -240,26 +295,26 @@ impl Options {
                     .join(", "),
             });
         }
-        let expect = match &args.expect {
+        let expect = match &request.expect {
             Some(e) => Some(Expect::parse(e).ok_or_else(|| UsageError::Expect(e.clone()))?),
             None => cfg.doctor.expect.clone(),
         };
-        let ca_domain = ca_domain(cfg, args.ca_domain.as_deref())?;
-        let extra: Vec<&Path> = args.ca_file.as_deref().into_iter().collect();
+        let ca_domain = ca_domain(cfg, request.ca_domain.as_deref())?;
+        let extra: Vec<&Path> = request.ca_file.as_deref().into_iter().collect();
         let mut upstream_extra: Vec<&Path> = cfg.upstream.ca_file.as_deref().into_iter().collect();
         upstream_extra.extend(&extra);
         Ok(Options {
             targets,
-            json: args.json,
-            dns_server: args.dns_server,
+            json: request.json,
+            dns_server: request.dns_server,
             expect,
-            connect: args.connect,
+            connect: request.connect,
             link,
             site,
             ca_domain,
-            timeout: args.timeout,
-            prober: Prober::new(probe::roots(&extra)?, args.timeout)?,
-            upstream_prober: Prober::new(probe::roots(&upstream_extra)?, args.timeout)?,
+            timeout: request.timeout,
+            prober: Prober::new(probe::roots(&extra)?, request.timeout)?,
+            upstream_prober: Prober::new(probe::roots(&upstream_extra)?, request.timeout)?,
         })
     }
 }
@@ -303,34 +358,18 @@ pub fn ca_domain_for_directory(directory: &str) -> Option<&'static str> {
     .map(|(_, ca)| ca)
 }
 
-/// Runs `trackproxy doctor`: prints the report and returns the exit code (0: nothing failed,
-/// 1: something failed or the checks could not run, 64: usage or configuration error).
-#[must_use]
-pub fn run(args: &DoctorArgs, cfg: &Config) -> u8 {
-    let opts = match Options::new(args, cfg) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("trackproxy doctor: {}", probe::chain(&e));
-            return EXIT_CONFIG;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+/// Runs `trackproxy doctor`: validates `request` against `cfg`, runs every check, prints the
+/// report (to stdout) and says whether a check failed.
+///
+/// # Errors
+/// When a request value is unusable, or the checks could not start; nothing is printed.
+pub fn run(request: &Request, cfg: &Config) -> Result<Outcome, Error> {
+    let opts = Options::new(request, cfg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("trackproxy doctor: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    let report = match runtime.block_on(check_all(&opts)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("trackproxy doctor: {}", probe::chain(&e));
-            return 1;
-        }
-    };
+        .map_err(Error::Runtime)?;
+    let report = runtime.block_on(check_all(&opts))?;
     let text = if opts.json {
         report.to_json() + "\n"
     } else {
@@ -339,7 +378,11 @@ pub fn run(args: &DoctorArgs, cfg: &Config) -> u8 {
     // A closed pipe (`trackproxy doctor | head`) is not worth a panic.
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-    u8::from(!report.ok)
+    Ok(if report.ok {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
 }
 
 /// Runs every check for every target, one host after the other.

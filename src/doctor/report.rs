@@ -130,7 +130,7 @@ impl HostReport {
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// True when no check failed (warnings allowed): the exit code is 0.
+    /// True when no check failed (warnings allowed).
     pub ok: bool,
     /// Number of failed checks.
     pub failed: usize,
