@@ -91,6 +91,12 @@ impl From<Vec<IpNet>> for Cidrs {
     }
 }
 
+impl FromIterator<IpNet> for Cidrs {
+    fn from_iter<I: IntoIterator<Item = IpNet>>(iter: I) -> Self {
+        Cidrs(iter.into_iter().collect())
+    }
+}
+
 /// An address as it should be shown and compared: an IPv4-mapped IPv6 address (an IPv4 client
 /// on a dual-stack listener) becomes the IPv4 address it carries.
 #[must_use]

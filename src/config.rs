@@ -132,7 +132,7 @@ mod tests {
         let cfg = load_with_env(&Source::Embedded, Some(env.clone())).unwrap();
         assert_eq!(cfg.server.https_listen, "0.0.0.0:443".parse().unwrap());
         assert!(cfg.log.query);
-        assert_eq!(cfg.server.trusted_proxies.len(), 2);
+        assert_eq!(cfg.server.trusted_proxies.networks().len(), 2);
 
         env.insert(
             "TRACKPROXY__UPSTREAM__CONNECT_TIMEOUT".to_owned(),
@@ -173,7 +173,7 @@ mod tests {
         .unwrap();
         assert!(cfg.limits.per_client_rps.abs() < f64::EPSILON);
         assert_eq!(cfg.limits.per_client_burst, 5);
-        assert_eq!(cfg.limits.allow.len(), 2);
+        assert_eq!(cfg.limits.allow.networks().len(), 2);
         assert_eq!(cfg.limits.max_connections, 10);
         assert_eq!(cfg.limits.max_in_flight, 3);
 

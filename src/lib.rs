@@ -345,7 +345,7 @@ pub async fn serve(
         idle_timeout: cfg.server.idle_timeout,
         proxy_protocol: server::ProxyPolicy {
             mode: cfg.server.proxy_protocol,
-            trusted: client::Cidrs::from(cfg.server.trusted_proxies.clone()),
+            trusted: cfg.server.trusted_proxies.clone(),
         },
         limits: limits.clone(),
         metrics: metrics.clone(),

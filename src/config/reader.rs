@@ -6,6 +6,7 @@
 //! [`Reader::table`], [`Reader::tables`]); the [`Table`] records what was asked, so
 //! [`Reader::finish`] can list the known keys when it reports the ones left over.
 
+use crate::client::Cidrs;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -249,7 +250,9 @@ impl Reader {
                 })
                 .unwrap_or(ProxyProtocol::Off),
             trusted_proxies: self
-                .get(&mut t, "trusted_proxies", |v| list(v, ip_net))
+                .get(&mut t, "trusted_proxies", |v| {
+                    list(v, ip_net).map(Cidrs::from)
+                })
                 .unwrap_or_default(),
             drain_delay: self
                 .get(&mut t, "drain_delay", duration)
@@ -405,7 +408,7 @@ impl Reader {
                 })
                 .unwrap_or(d.per_client_burst),
             allow: self
-                .get(&mut t, "allow", |v| list(v, ip_net))
+                .get(&mut t, "allow", |v| list(v, ip_net).map(Cidrs::from))
                 .unwrap_or_default(),
             per_client_connections: self
                 .get(&mut t, "per_client_connections", |v| {

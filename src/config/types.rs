@@ -1,13 +1,13 @@
 //! The validated configuration: the typed values every other module works with, and the rule
 //! for what a host name is ([`normalize_host_name`]). Nothing here sees the untyped tree.
 
+use crate::client::Cidrs;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use ipnet::IpNet;
 
 /// The validated configuration every other module works with.
 #[derive(Debug, Clone)]
@@ -45,7 +45,7 @@ pub struct ServerConfig {
     /// Whether a PROXY protocol header is expected on accepted connections.
     pub proxy_protocol: ProxyProtocol,
     /// Peers allowed to send PROXY headers and `X-Forwarded-For`.
-    pub trusted_proxies: Vec<IpNet>,
+    pub trusted_proxies: Cidrs,
     /// After SIGTERM: keep serving this long (with `/readyz` failing) before closing listeners.
     pub drain_delay: Duration,
     /// After the listeners close: how long in-flight requests get to finish.
@@ -202,7 +202,7 @@ pub struct LimitsConfig {
     /// Requests a client may send at once before the rate applies (bucket size).
     pub per_client_burst: u32,
     /// Client networks never limited (neither rate nor per-client connections).
-    pub allow: Vec<IpNet>,
+    pub allow: Cidrs,
     /// Open connections per client; 0 means no per-client cap.
     pub per_client_connections: u32,
     /// Open connections in total (HTTPS and HTTP listeners); past it, accepting pauses.
@@ -216,7 +216,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             per_client_rps: 20.0,
             per_client_burst: 50,
-            allow: Vec::new(),
+            allow: Cidrs::default(),
             per_client_connections: 100,
             max_connections: 20_000,
             max_in_flight: 4096,

@@ -62,7 +62,7 @@ impl<C: Clock> ClientLimiter<C> {
             .map(|quota| RateLimiter::dashmap_with_clock(quota, clock));
         ClientLimiter {
             limiter,
-            allow: Cidrs::from(cfg.allow.clone()),
+            allow: cfg.allow.clone(),
         }
     }
 

@@ -439,7 +439,6 @@ impl hyper::rt::Write for Conn {
     }
 }
 
-
 impl tower::Service<Uri> for Connector {
     type Response = Conn;
     type Error = BoxError;

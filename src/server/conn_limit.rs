@@ -59,7 +59,7 @@ impl ConnLimits {
             total: Arc::new(Semaphore::new(max)),
             max,
             per_client: cfg.per_client_connections,
-            allow: Cidrs::from(cfg.allow.clone()),
+            allow: cfg.allow.clone(),
             open: Mutex::new(HashMap::new()),
             parked: AtomicUsize::new(0),
         })
