@@ -20,7 +20,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, Version};
 use trackproxy::bench_api;
 use trackproxy::config::{Source, load_with_env};
-use trackproxy::proxy::Routes;
+use trackproxy::forward::Routes;
 
 const HOST: &str = "url1234.example.com";
 

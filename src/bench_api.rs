@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use http::{HeaderMap, HeaderValue, Request};
 
 use crate::error::ProxyError;
-use crate::proxy::headers;
+use crate::forward::headers;
 
 /// The host a request is for, as the forwarder finds it.
 #[derive(Debug)]

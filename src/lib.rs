@@ -33,8 +33,8 @@ pub mod client;
 pub mod config;
 pub mod doctor;
 pub mod error;
+pub mod forward;
 pub mod middleware;
-pub mod proxy;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
@@ -52,10 +52,10 @@ use tracing::{info, warn};
 
 use crate::admin::{AdminState, Health};
 use crate::config::{Config, Problem};
+use crate::forward::{Forward, ForwardSettings};
 use crate::middleware::StackState;
 use crate::middleware::load_shed::InFlight;
 use crate::middleware::rate_limit::ClientLimiter;
-use crate::proxy::{Forward, ForwardSettings};
 use crate::server::conn_limit::ConnLimits;
 use crate::server::{Kind, Listeners, Server};
 use crate::telemetry::metrics::{Metrics, Snapshot};
@@ -204,7 +204,7 @@ impl App {
                 None
             }
         };
-        let client = match proxy::upstream::client(&cfg.upstream, &cfg.origin) {
+        let client = match forward::upstream::client(&cfg.upstream, &cfg.origin) {
             Ok(c) => Some(c),
             Err(e) => {
                 problems.extend(e.0);

@@ -24,7 +24,7 @@ use tower::{Layer, Service, ServiceBuilder};
 use tracing::{debug, warn};
 
 use crate::error::{ErrorOrigin, ProxyError};
-use crate::proxy::{Forward, ProxyBody, local_response};
+use crate::forward::{Forward, ForwardBody, local_response};
 use crate::telemetry::metrics::Metrics;
 use access_log::{AccessLog, AccessLogLayer, LoggedBody};
 use load_shed::{InFlight, LoadShed, LoadShedLayer};
@@ -32,7 +32,7 @@ use rate_limit::{ClientLimiter, RateLimit, RateLimitLayer};
 use request_id::{RequestId, RequestIdLayer, RequestIdValue};
 
 /// The body of every response a connection sends.
-pub type ResponseBody = LoggedBody<ProxyBody>;
+pub type ResponseBody = LoggedBody<ForwardBody>;
 
 /// The service a connection serves: never fails, every error is already a response.
 ///
@@ -113,9 +113,9 @@ pub struct Rescue<S> {
 
 impl<S, B> Service<Request<B>> for Rescue<S>
 where
-    S: Service<Request<B>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S: Service<Request<B>, Response = Response<ForwardBody>, Error = ProxyError>,
 {
-    type Response = Response<ProxyBody>;
+    type Response = Response<ForwardBody>;
     type Error = Infallible;
     type Future = RescueFuture<S::Future>;
 
@@ -152,9 +152,9 @@ pin_project! {
 
 impl<F> Future for RescueFuture<F>
 where
-    F: Future<Output = Result<Response<ProxyBody>, ProxyError>>,
+    F: Future<Output = Result<Response<ForwardBody>, ProxyError>>,
 {
-    type Output = Result<Response<ProxyBody>, Infallible>;
+    type Output = Result<Response<ForwardBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -171,7 +171,7 @@ where
 /// The response for an error, logged (with the request id, so the line can be found even when
 /// `log.level` leaves out the request span).
 #[must_use]
-pub fn rescue(e: &ProxyError, id: Option<&RequestIdValue>) -> Response<ProxyBody> {
+pub fn rescue(e: &ProxyError, id: Option<&RequestIdValue>) -> Response<ForwardBody> {
     let status = e.status();
     let request_id = id.map(RequestIdValue::as_str);
     match e.origin() {
@@ -228,7 +228,7 @@ mod tests {
                 .layer(RescueLayer::new(metrics.clone()))
                 .service_fn(|_req: Request<()>| {
                     let e = err.lock().unwrap().take().unwrap();
-                    async move { Err::<Response<ProxyBody>, _>(e) }
+                    async move { Err::<Response<ForwardBody>, _>(e) }
                 })
                 .oneshot(Request::new(()))
                 .await

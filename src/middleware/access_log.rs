@@ -34,7 +34,7 @@ use tracing::Span;
 
 use super::request_id::RequestIdValue;
 use crate::client::ConnInfo;
-use crate::proxy::UpstreamTiming;
+use crate::forward::UpstreamTiming;
 use crate::telemetry::metrics::{HostHandle, Metrics};
 
 /// The `tracing` target of access log events (filter with `trackproxy::access=off`).
@@ -377,8 +377,8 @@ mod tests {
 
     use super::*;
     use crate::client::TlsInfo;
+    use crate::forward::UpstreamBody;
     use crate::middleware::request_id::RequestIdLayer;
-    use crate::proxy::UpstreamBody;
     use crate::telemetry::metrics::Snapshot;
 
     /// Collects what the JSON formatter writes.

@@ -5,11 +5,19 @@
 //! keeps the branded name, bodies stream both ways, and redirects are passed back, never
 //! followed.
 //!
+//! - [`body`]: the body of every response trackproxy sends (the upstream's, or a local one).
 //! - `headers`: host of a request, hop-by-hop and `X-Forwarded-*` rules.
+//! - [`local`]: answers trackproxy gives itself (ACME HTTP-01, the redirect to HTTPS, short
+//!   error bodies).
 //! - [`upstream`]: the pooled client.
 
+pub mod body;
 pub(crate) mod headers;
+pub mod local;
 pub mod upstream;
+
+pub use body::{ForwardBody, UpstreamBody, UpstreamTiming};
+pub use local::local_response;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,11 +28,9 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::{Either, Full};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
@@ -32,91 +38,7 @@ use crate::client::ConnInfo;
 use crate::config::{Config, HttpMode, UpstreamUrl};
 use crate::error::ProxyError;
 use crate::tls::SniResolver;
-use upstream::{PooledBody, ResponseFuture, UpstreamClient};
-
-/// Body of every response trackproxy sends: the upstream's, streamed, or a short local one.
-pub type ProxyBody = Either<UpstreamBody<PooledBody>, Full<Bytes>>;
-
-pin_project! {
-    /// The body of a response that came from an upstream, with how long the upstream took to
-    /// send its response head (the access log and the latency histogram read it). Carried by
-    /// the body rather than the response's extensions, which would cost two allocations per
-    /// request.
-    #[derive(Debug)]
-    pub struct UpstreamBody<B> {
-        #[pin]
-        body: B,
-        timing: Duration,
-    }
-}
-
-impl<B> UpstreamBody<B> {
-    /// `body`, whose response head took `timing` to arrive.
-    pub fn new(body: B, timing: Duration) -> Self {
-        UpstreamBody { body, timing }
-    }
-}
-
-impl<B: Body> Body for UpstreamBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// How long the upstream took to send the response head, for bodies that came from one.
-pub trait UpstreamTiming {
-    /// `None` for local answers.
-    fn upstream_timing(&self) -> Option<Duration>;
-}
-
-impl<B> UpstreamTiming for UpstreamBody<B> {
-    fn upstream_timing(&self) -> Option<Duration> {
-        Some(self.timing)
-    }
-}
-
-impl UpstreamTiming for Full<Bytes> {
-    fn upstream_timing(&self) -> Option<Duration> {
-        None
-    }
-}
-
-impl<L: UpstreamTiming, R: UpstreamTiming> UpstreamTiming for Either<L, R> {
-    fn upstream_timing(&self) -> Option<Duration> {
-        match self {
-            Either::Left(b) => b.upstream_timing(),
-            Either::Right(b) => b.upstream_timing(),
-        }
-    }
-}
-
-/// A short local response (errors, redirects, local files).
-#[must_use]
-pub fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
-    let mut res = Response::new(Either::Right(Full::new(body.into())));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
+use upstream::{ResponseFuture, UpstreamClient};
 
 /// Where one branded host's requests go.
 #[derive(Debug, Clone)]
@@ -228,7 +150,7 @@ impl Forward {
 }
 
 impl tower::Service<Request<Incoming>> for Forward {
-    type Response = Response<ProxyBody>;
+    type Response = Response<ForwardBody>;
     type Error = ProxyError;
     type Future = ForwardFuture;
 
@@ -262,7 +184,7 @@ impl tower::Service<Request<Incoming>> for Forward {
 /// What the synchronous part of forwarding decided.
 enum Prepared {
     /// Answered here (ACME challenge, redirect to HTTPS).
-    Local(Response<ProxyBody>),
+    Local(Response<ForwardBody>),
     /// To be sent to `upstream`.
     Upstream {
         req: Request<Incoming>,
@@ -284,7 +206,7 @@ pin_project! {
     #[project = StateProj]
     enum State {
         // Answered or failed before anything was sent.
-        Done { result: Option<Result<Response<ProxyBody>, ProxyError>> },
+        Done { result: Option<Result<Response<ForwardBody>, ProxyError>> },
         // Waiting for the upstream's response head.
         Sending {
             started: Instant,
@@ -297,7 +219,7 @@ pin_project! {
 }
 
 impl Future for ForwardFuture {
-    type Output = Result<Response<ProxyBody>, ProxyError>;
+    type Output = Result<Response<ForwardBody>, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
@@ -325,7 +247,7 @@ impl Future for ForwardFuture {
                 Ok(Ok(mut res)) => {
                     let timing = started.elapsed();
                     headers::prepare_response(res.headers_mut());
-                    Ok(res.map(|body| Either::Left(UpstreamBody { body, timing })))
+                    Ok(res.map(|body| Either::Left(UpstreamBody::new(body, timing))))
                 }
             }),
         }
@@ -370,13 +292,19 @@ impl Shared {
         // RFC 8555 §8.3: the CA fetches http://<host>/.well-known/acme-challenge/<token> on
         // port 80. For ACME hosts it is answered here, before any redirect, and never forwarded.
         if !tls
-            && let Some(token) = pq.path().strip_prefix(ACME_CHALLENGE_PREFIX)
+            && let Some(token) = pq.path().strip_prefix(local::ACME_CHALLENGE_PREFIX)
             && let Some(answer) = self.acme.http01(target.name(), token)
         {
-            return Ok(Prepared::Local(http01_response(target.name(), answer)));
+            return Ok(Prepared::Local(local::http01_response(
+                target.name(),
+                answer,
+            )));
         }
         if !tls && settings.http_mode == HttpMode::Redirect {
-            return Ok(Prepared::Local(redirect_to_https(&target.host_header, &pq)));
+            return Ok(Prepared::Local(local::redirect_to_https(
+                &target.host_header,
+                &pq,
+            )));
         }
         let forwarding = headers::Forwarding {
             client: conn.remote.ip(),
@@ -402,59 +330,5 @@ impl Shared {
             upstream,
             response_timeout: settings.response_timeout,
         })
-    }
-}
-
-const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
-
-/// The key authorization for an HTTP-01 challenge, or 404 when no order waits for this token.
-fn http01_response(host: &str, answer: Option<String>) -> Response<ProxyBody> {
-    let Some(key_authorization) = answer else {
-        tracing::debug!(host, "HTTP-01 challenge request for an unknown token");
-        return local_response(StatusCode::NOT_FOUND, "404 Not Found\n");
-    };
-    tracing::info!(host, "answering an ACME HTTP-01 challenge");
-    let mut res = local_response(StatusCode::OK, key_authorization);
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    res
-}
-
-/// 308 to the same host, path and query over HTTPS (308 keeps the method: one-click
-/// unsubscribe is a POST).
-fn redirect_to_https(host: &HeaderValue, pq: &PathAndQuery) -> Response<ProxyBody> {
-    // An explicit plain-HTTP port says nothing about the HTTPS port: use the default.
-    let authority = host
-        .to_str()
-        .ok()
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let host = authority.as_ref().map_or("", http::uri::Authority::host);
-    let mut res = local_response(StatusCode::PERMANENT_REDIRECT, "");
-    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redirect_keeps_path_and_query_and_drops_port() {
-        let pq = PathAndQuery::from_static("/ls/click?upn=a%2Fb+c");
-        let r = redirect_to_https(&HeaderValue::from_static("url1.example.com:8080"), &pq);
-        assert_eq!(r.status(), StatusCode::PERMANENT_REDIRECT);
-        assert_eq!(
-            r.headers()[header::LOCATION],
-            "https://url1.example.com/ls/click?upn=a%2Fb+c"
-        );
-        let r = redirect_to_https(&HeaderValue::from_static("url1.example.com"), &pq);
-        assert_eq!(
-            r.headers()[header::LOCATION],
-            "https://url1.example.com/ls/click?upn=a%2Fb+c"
-        );
     }
 }
