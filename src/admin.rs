@@ -268,13 +268,16 @@ mod tests {
         let provider = crate::tls::provider();
         let mut certs = HashMap::new();
         for h in with_cert {
-            let c = crate::tls::static_certs::self_signed(&[(*h).to_owned()], &provider).unwrap();
+            let c = crate::tls::files::self_signed(&[(*h).to_owned()], &provider).unwrap();
             certs.insert((*h).to_owned(), c.key);
         }
         AdminState {
             health: Arc::new(Health::default()),
             hosts: arc_swap::ArcSwap::from_pointee(hosts.iter().map(|h| (*h).to_owned()).collect()),
-            resolver: Arc::new(SniResolver::new(certs)),
+            resolver: Arc::new(SniResolver::new(
+                certs,
+                crate::tls::acme::AcmeHosts::default(),
+            )),
             metrics: Metrics::new(hosts.iter().copied()),
             snapshot: Box::new(Snapshot::default),
         }

@@ -304,7 +304,7 @@ pub fn certs_table(cfg: &Config) -> String {
                 };
                 [
                     host,
-                    source,
+                    source.map_or_else(|| "missing".to_owned(), |s| s.to_string()),
                     issuer,
                     not_after,
                     days,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use trackproxy::cli::{self, Cli, Command, ConfigArg, EXIT_CONFIG};
 use trackproxy::server::Listeners;
-use trackproxy::{App, shutdown, telemetry};
+use trackproxy::{App, signals, telemetry};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -40,9 +40,9 @@ fn serve(args: &ConfigArg) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         let listeners = Listeners::bind(&cfg).await?;
-        let reloads = shutdown::reload_on_sighup(args.source(), app.reloader());
+        let reloads = signals::reload_on_sighup(args.source(), app.reloader());
         tokio::select! {
-            r = trackproxy::serve(app, listeners, shutdown::signal()) => r?,
+            r = trackproxy::serve(app, listeners, signals::signal()) => r?,
             () = reloads => {}
         }
         Ok(())

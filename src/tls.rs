@@ -1,34 +1,43 @@
 //! TLS termination: the rustls `ServerConfig` for the HTTPS listener and where its certificates
 //! come from.
 //!
+//! - `accept`: a new connection's handshake: `ClientHello`, SNI checks, the ACME TLS-ALPN-01
+//!   branch, the handshake under its deadline.
+//! - `stream`: the TLS stream over rustls's unbuffered API, with buffers of our own that are
+//!   freed while a connection idles.
 //! - [`sni`]: the [`SniResolver`] that picks a certificate by SNI, for configured hosts only. An
 //!   unknown or missing SNI gets no certificate, so the handshake fails: no default certificate is
 //!   ever shown for a host we do not serve.
-//! - [`static_certs`]: PEM certificates from files (cert-manager, own CA) and the self-signed
+//! - [`cert`]: what a certificate is ([`CertInfo`], [`CertSource`]), name matching.
+//! - [`files`]: PEM certificates from files (cert-manager, own CA) and the self-signed
 //!   certificate generated at start for the offline default.
+//! - [`certs`]: which host gets which certificate ([`Certs`]), and [`inventory`] for
+//!   `trackproxy certs`, without starting anything.
 //! - [`acme`]: certificates over ACME for hosts no file covers, one order and cache entry per
 //!   host, TLS-ALPN-01 or HTTP-01.
-//!
-//! [`inventory`] lists every host's certificate without starting anything (`trackproxy certs`).
+//! - `watch`: notices certificate files changing on disk.
 //!
 //! One crypto provider, aws-lc-rs, is used everywhere; TLS 1.3 and 1.2 only, ALPN `h2` and
 //! `http/1.1`, stateless TLS 1.3 session tickets so returning clients skip the full handshake.
 
+pub(crate) mod accept;
 pub mod acme;
+pub mod cert;
+pub mod certs;
+mod crypto;
+pub mod files;
 pub mod sni;
-pub mod static_certs;
+pub(crate) mod stream;
 pub(crate) mod watch;
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use rustls::ServerConfig;
-use rustls::crypto::CryptoProvider;
 
+pub use cert::{CertInfo, CertSource, days_left};
+pub use certs::{Certs, HostCertificate, inventory};
+pub use crypto::provider;
 pub use sni::SniResolver;
-
-use crate::config::Config;
-use static_certs::CertInfo;
 
 /// Failures building the TLS server configuration.
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +45,6 @@ pub enum Error {
     /// rustls refused the protocol versions or provider.
     #[error("building the TLS configuration")]
     Rustls(#[source] rustls::Error),
-}
-
-/// The process-wide crypto provider (aws-lc-rs).
-#[must_use]
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// ALPN protocols offered to clients, most preferred first.
@@ -69,93 +72,4 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, Er
     // Early data is replayable: a tracked click must not be.
     cfg.max_early_data_size = 0;
     Ok(Arc::new(cfg))
-}
-
-/// One host's certificate as `trackproxy certs` shows it.
-#[derive(Debug, Clone)]
-pub struct HostCertificate {
-    /// The configured host.
-    pub host: String,
-    /// `tls.certificates[N]`, `acme`, `self-signed` or `missing`.
-    pub source: String,
-    /// The certificate, when there is one on disk.
-    pub cert: Option<CertInfo>,
-    /// Anything else worth knowing: not issued yet, retry pending, unreadable file.
-    pub note: Option<String>,
-}
-
-/// Every configured host with the certificate it would be served with, read from the
-/// certificate files and the ACME cache. Starts nothing, contacts nobody, writes nothing.
-#[must_use]
-pub fn inventory(cfg: &Config) -> Vec<HostCertificate> {
-    let provider = provider();
-    let mut files = Vec::new();
-    let mut notes = Vec::new();
-    for f in &cfg.tls.certificates {
-        match static_certs::load_files(f, &provider, &cfg.origin) {
-            Ok(l) => files.push(l),
-            Err(p) => notes.push(p.to_string()),
-        }
-    }
-    cfg.hosts
-        .iter()
-        .map(|h| {
-            let host = h.name.clone();
-            if let Some(l) = files.iter().find(|l| l.info.covers(&host)) {
-                return HostCertificate {
-                    host,
-                    source: l.info.source.clone(),
-                    cert: Some(l.info.clone()),
-                    note: None,
-                };
-            }
-            let unreadable = (!notes.is_empty()).then(|| notes.join("; "));
-            if let Some(a) = &cfg.tls.acme {
-                let (cert, mut note) = match acme::cached_certificate(a, &host, &provider) {
-                    Ok(Some(c)) => (Some(c), None),
-                    Ok(None) => (None, Some("not issued yet".to_owned())),
-                    Err(m) => (None, Some(m)),
-                };
-                if let Some((failures, next)) = acme::cached_backoff(a, &host) {
-                    let retry = format!(
-                        "{failures} failed attempt{}, next at {}",
-                        if failures == 1 { "" } else { "s" },
-                        humantime::format_rfc3339_seconds(next)
-                    );
-                    note = Some(note.map_or(retry.clone(), |n| format!("{n}; {retry}")));
-                }
-                return HostCertificate {
-                    host,
-                    source: "acme".to_owned(),
-                    cert,
-                    note,
-                };
-            }
-            if cfg.tls.self_signed {
-                return HostCertificate {
-                    host,
-                    source: "self-signed".to_owned(),
-                    cert: None,
-                    note: Some("generated at start".to_owned()),
-                };
-            }
-            HostCertificate {
-                host,
-                source: "missing".to_owned(),
-                cert: None,
-                note: unreadable
-                    .or_else(|| Some("no certificate file covers this host".to_owned())),
-            }
-        })
-        .collect()
-}
-
-/// Whole days from now until `t` (negative once passed).
-#[must_use]
-pub fn days_left(t: SystemTime) -> i64 {
-    let secs = match t.duration_since(SystemTime::now()) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
-    };
-    secs.div_euclid(86_400)
 }

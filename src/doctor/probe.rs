@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::tls::static_certs::{self, CertInfo};
+use crate::tls::cert::{self, CertInfo, CertSource};
 
 /// Why a probe did not get an answer.
 #[derive(Debug, thiserror::Error)]
@@ -298,7 +298,7 @@ impl Prober {
             .unwrap_or_default();
         let presented = Presented {
             addr,
-            leaf: static_certs::inspect(Some(leaf), "presented").ok(),
+            leaf: cert::inspect(Some(leaf), CertSource::Presented).ok(),
             chain_len: chain.len(),
             verified,
             version,

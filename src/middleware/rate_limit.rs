@@ -3,7 +3,7 @@
 //! answered at once with 429 and `Retry-After` (RFC 6585 §4); nothing waits.
 //!
 //! The client is `ConnInfo::client` (a trusted PROXY header can set it), grouped by /64 for
-//! IPv6 ([`client_key`](crate::client::client_key)). Networks in `limits.allow` are never limited. The state of every
+//! IPv6 ([`crate::client::client_key`]). Networks in `limits.allow` are never limited. The state of every
 //! client seen lives in one sharded map shared by all connections; [`ClientLimiter::evict_stale`]
 //! (run every few seconds by the proxy) drops clients whose bucket is full again, so memory
 //! follows the number of clients active in the last few seconds, not of all clients ever seen.

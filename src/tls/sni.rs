@@ -13,7 +13,7 @@ use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::acme::AcmeHost;
+use super::acme::{AcmeHost, AcmeHosts};
 
 /// Host name (lower case) → certificate served for it.
 pub type CertMap = HashMap<String, Arc<CertifiedKey>>;
@@ -25,16 +25,17 @@ pub type CertMap = HashMap<String, Arc<CertifiedKey>>;
 #[derive(Debug, Default)]
 pub struct SniResolver {
     certs: ArcSwap<CertMap>,
-    acme: ArcSwap<HashMap<String, Arc<AcmeHost>>>,
+    acme: AcmeHosts,
 }
 
 impl SniResolver {
-    /// A resolver serving `certs`.
+    /// A resolver serving `certs`, and the certificates of the ACME hosts in `acme` (the set
+    /// the ACME manager keeps up to date).
     #[must_use]
-    pub fn new(certs: CertMap) -> Self {
+    pub fn new(certs: CertMap, acme: AcmeHosts) -> Self {
         SniResolver {
             certs: ArcSwap::from_pointee(certs),
-            acme: ArcSwap::default(),
+            acme,
         }
     }
 
@@ -43,21 +44,16 @@ impl SniResolver {
         self.certs.store(Arc::new(certs));
     }
 
-    /// Replaces the set of ACME hosts.
-    pub(crate) fn set_acme_hosts(&self, hosts: HashMap<String, Arc<AcmeHost>>) {
-        self.acme.store(Arc::new(hosts));
-    }
-
     /// The ACME hosts.
     #[must_use]
     pub fn acme_hosts(&self) -> Arc<HashMap<String, Arc<AcmeHost>>> {
-        self.acme.load_full()
+        self.acme.load()
     }
 
     /// The ACME state of `host` (lower case), if it gets its certificate over ACME.
     #[must_use]
     pub fn acme_host(&self, host: &str) -> Option<Arc<AcmeHost>> {
-        self.acme.load().get(host).cloned()
+        self.acme.get(host)
     }
 
     /// The certificate for `server_name`, if the host is configured and has one.

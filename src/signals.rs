@@ -5,8 +5,8 @@ use std::future::Future;
 
 use tracing::{error, info, warn};
 
-use crate::Reloader;
 use crate::config::{self, Source};
+use crate::reload::{ReloadError, Reloader};
 
 /// Resolves on the first SIGTERM or SIGINT (Ctrl-C).
 pub async fn signal() {
@@ -71,7 +71,7 @@ pub fn reload_on_sighup(source: Source<'_>, reloader: Reloader) -> impl Future<O
                 }
             };
             // Problems found while applying are logged by the proxy itself.
-            if let Err(crate::ReloadError::NotRunning) = reloader.reload(cfg).await {
+            if let Err(ReloadError::NotRunning) = reloader.reload(cfg).await {
                 return;
             }
         }

@@ -44,11 +44,12 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 use tracing::instrument::Instrumented;
-use tracing::{Instrument, Span, debug};
+use tracing::{Instrument, Span, debug, info};
 
-use super::{Server, log_connection_error};
+use super::context::Server;
 use crate::client::{self, ConnInfo};
 use crate::middleware::{HttpService, ResponseBody};
+use crate::tls::stream::TlsStream;
 
 /// How often a connection looks at whether it is idle; also how long an HTTP/1 connection
 /// stays idle before it is parked.
@@ -85,21 +86,21 @@ impl Socket for TcpStream {
     }
 }
 
-impl Socket for super::TlsStream {
+impl Socket for TlsStream {
     fn tcp(&self) -> &TcpStream {
-        super::TlsStream::tcp(self)
+        TlsStream::tcp(self)
     }
 
     fn has_buffered(&self) -> bool {
-        super::TlsStream::has_buffered(self)
+        TlsStream::has_buffered(self)
     }
 
     fn release_buffers(&mut self) {
-        super::TlsStream::release_buffers(self);
+        TlsStream::release_buffers(self);
     }
 
     fn release_buffers_when_empty(&mut self) {
-        super::TlsStream::release_buffers_when_empty(self);
+        TlsStream::release_buffers_when_empty(self);
     }
 }
 
@@ -683,6 +684,28 @@ impl Body for ConnBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Logs why hyper closed a connection: malformed requests (answered 400/431 by hyper) at info,
+/// routine endings (timeouts, resets) at debug.
+fn log_connection_error(e: &(dyn std::error::Error + 'static)) {
+    let Some(he) = e.downcast_ref::<hyper::Error>() else {
+        debug!(failure = "io", error = %crate::error::chain(e), "connection closed");
+        return;
+    };
+    if he.is_parse_too_large() {
+        info!(
+            failure = "header_too_large",
+            status = 431,
+            "request refused"
+        );
+    } else if he.is_parse() || he.is_parse_version_h2() {
+        info!(failure = "malformed_request", status = 400, error = %crate::error::chain(e), "request refused");
+    } else if he.is_timeout() {
+        debug!(failure = "header_timeout", "connection closed");
+    } else {
+        debug!(failure = "io", error = %crate::error::chain(e), "connection closed");
     }
 }
 

@@ -6,38 +6,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
+use super::cert::{CertInfo, CertSource, inspect};
 use super::sni::CertMap;
 use crate::config::{self, CertificateFiles, Config, Problem};
-
-/// What a loaded certificate is, for logs, `certs` and metrics.
-#[derive(Debug, Clone)]
-pub struct CertInfo {
-    /// Where it came from: a config key such as `tls.certificates[0]`, or `self-signed`.
-    pub source: String,
-    /// DNS names in its subjectAltName, lower case.
-    pub names: Vec<String>,
-    /// Issuer distinguished name.
-    pub issuer: String,
-    /// Start of validity.
-    pub not_before: SystemTime,
-    /// Expiry.
-    pub not_after: SystemTime,
-}
-
-impl CertInfo {
-    /// Whether the certificate is valid for `host` (exact or one-label wildcard match).
-    #[must_use]
-    pub fn covers(&self, host: &str) -> bool {
-        self.names.iter().any(|n| name_matches(n, host))
-    }
-}
 
 /// A certificate with its key, ready for rustls.
 #[derive(Debug, Clone)]
@@ -57,20 +34,6 @@ pub struct HostCerts {
     pub info: Vec<(String, CertInfo)>,
     /// Hosts no certificate covers (an ACME issuer may take them).
     pub uncovered: Vec<String>,
-}
-
-/// `name` (a SAN, lower case) matches `host` (lower case): exactly, or `*.rest` matching one
-/// whole left-most label.
-#[must_use]
-pub fn name_matches(name: &str, host: &str) -> bool {
-    if let Some(suffix) = name.strip_prefix("*.") {
-        match host.split_once('.') {
-            Some((label, rest)) => !label.is_empty() && rest == suffix,
-            None => false,
-        }
-    } else {
-        name == host
-    }
 }
 
 /// Reads one `[[tls.certificates]]` entry. Keys may be ECDSA, RSA or Ed25519, in PKCS#8,
@@ -100,8 +63,11 @@ pub fn load_files(
             ),
         )
     })?;
-    let info = inspect(certified.cert.first(), &files.key_path)
-        .map_err(|m| problem("cert", format!("{}: {m}", files.cert.display())))?;
+    let info = inspect(
+        certified.cert.first(),
+        CertSource::File(files.key_path.clone()),
+    )
+    .map_err(|m| problem("cert", format!("{}: {m}", files.cert.display())))?;
     Ok(Loaded {
         key: Arc::new(certified),
         info,
@@ -129,34 +95,6 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// Parses the facts `certs`, `doctor` and the host check need from a leaf certificate.
-///
-/// # Errors
-/// When the certificate cannot be parsed.
-pub fn inspect(leaf: Option<&CertificateDer<'_>>, source: &str) -> Result<CertInfo, String> {
-    let leaf = leaf.ok_or("empty certificate chain")?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for gn in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(n) = gn {
-                names.push(n.trim_end_matches('.').to_ascii_lowercase());
-            }
-        }
-    }
-    let unix = |t: x509_parser::time::ASN1Time| {
-        UNIX_EPOCH + Duration::from_secs(u64::try_from(t.timestamp()).unwrap_or(0))
-    };
-    Ok(CertInfo {
-        source: source.to_owned(),
-        names,
-        issuer: cert.issuer().to_string(),
-        not_before: unix(cert.validity().not_before),
-        not_after: unix(cert.validity().not_after),
-    })
-}
-
 /// Generates one self-signed ECDSA P-256 certificate for `hosts`.
 ///
 /// # Errors
@@ -177,7 +115,7 @@ pub fn self_signed(hosts: &[String], provider: &CryptoProvider) -> Result<Loaded
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
     let certified = CertifiedKey::from_der(vec![der], key, provider)
         .map_err(|e| format!("loading the self-signed certificate: {e}"))?;
-    let info = inspect(certified.cert.first(), "self-signed")?;
+    let info = inspect(certified.cert.first(), CertSource::SelfSigned)?;
     Ok(Loaded {
         key: Arc::new(certified),
         info,
@@ -232,38 +170,11 @@ pub fn load(cfg: &Config, provider: &CryptoProvider) -> Result<HostCerts, config
     Ok(out)
 }
 
-/// Problems for hosts that have no certificate source at all.
-#[must_use]
-pub fn uncovered_problems(cfg: &Config, uncovered: &[String]) -> Vec<Problem> {
-    cfg.hosts
-        .iter()
-        .enumerate()
-        .filter(|(_, h)| uncovered.contains(&h.name))
-        .map(|(i, h)| Problem {
-            key: format!("hosts[{i}].name"),
-            origin: cfg.origin.clone(),
-            message: format!(
-                "no certificate for {:?}: no [[tls.certificates]] entry lists it in its \
-                 subjectAltName; add one, configure [tls.acme] to get one from a CA, or set \
-                 tls.self_signed = true for testing",
-                h.name
-            ),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::SystemTime;
 
-    #[test]
-    fn wildcards_match_one_label() {
-        assert!(name_matches("url1234.example.com", "url1234.example.com"));
-        assert!(name_matches("*.example.com", "url1234.example.com"));
-        assert!(!name_matches("*.example.com", "a.b.example.com"));
-        assert!(!name_matches("*.example.com", "example.com"));
-        assert!(!name_matches("url1234.example.com", "url1235.example.com"));
-    }
+    use super::*;
 
     #[test]
     fn self_signed_covers_its_hosts() {
