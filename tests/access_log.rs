@@ -16,7 +16,7 @@ const HOST: &str = "url1234.example.test";
 const DOWN: &str = "down.example.test";
 
 async fn start(s: &Setup, env: &[(&str, &str)]) -> BinProxy {
-    let closed = common::closed_port().await;
+    let closed = common::closed_port();
     let toml = s.toml(&[HOST, DOWN], "").replace(
         &format!("name = \"{DOWN}\"\n"),
         &format!("name = \"{DOWN}\"\nupstream = \"http://{closed}\"\n"),

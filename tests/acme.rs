@@ -19,10 +19,10 @@ const ISSUE: Duration = Duration::from_secs(40);
 
 /// The cache directory of Pebble's directory inside `cache`.
 fn slug_dir(cache: &Path, plan: &PebblePlan) -> std::path::PathBuf {
-    cache.join(trackproxy::tls::acme::directory_dir_name(&plan.directory))
+    cache.join(common::directory_dir_name(&plan.directory))
 }
 
-fn acme_status(proxy: &Proxy, host: &str) -> trackproxy::tls::acme::AcmeStatus {
+fn acme_status(proxy: &Proxy, host: &str) -> common::AcmeStatus {
     proxy.resolver.acme_host(host).unwrap().status()
 }
 
@@ -41,7 +41,7 @@ fn config(s: &Setup, plan: &PebblePlan, cache: &Path, acme_hosts: &[&str], acme:
 }
 
 /// Pebble validating against `listeners`: TLS-ALPN-01 on the HTTPS one, HTTP-01 on the other.
-async fn pebble_validating(plan: PebblePlan, listeners: &trackproxy::server::Listeners) -> Pebble {
+async fn pebble_validating(plan: PebblePlan, listeners: &common::Listeners) -> Pebble {
     let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
     Pebble::start(plan, port(&listeners.https), port(&listeners.http)).await
 }
@@ -144,7 +144,7 @@ async fn http_01_is_answered_before_redirects_and_never_forwarded() {
     let listeners = bind_listeners().await;
     let http = listeners.http.local_addr().unwrap();
     // Pebble's TLS-ALPN-01 port is closed: only HTTP-01 can succeed.
-    let pebble = Pebble::start(plan, common::pebble::free_tcp_port(), http.port()).await;
+    let pebble = Pebble::start(plan, common::unused_port(), http.port()).await;
     let proxy = Proxy::start_on(listeners, &toml);
 
     // Unknown tokens: 404 from the proxy, never the upstream, never a redirect.
@@ -305,10 +305,8 @@ async fn a_failed_renewal_keeps_serving_the_cached_certificate() {
     // No CA at all: the directory's port is closed.
     let s = Setup::new().await;
     let cache = tempfile::tempdir().unwrap();
-    let directory = format!("https://127.0.0.1:{}/dir", common::pebble::free_tcp_port());
-    let dir = cache
-        .path()
-        .join(trackproxy::tls::acme::directory_dir_name(&directory));
+    let directory = format!("https://127.0.0.1:{}/dir", common::unused_port());
+    let dir = cache.path().join(common::directory_dir_name(&directory));
     std::fs::create_dir_all(&dir).unwrap();
     // A cached certificate two thirds through its life: due for renewal.
     let (chain, key) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -70, 20);

@@ -194,7 +194,7 @@ async fn counters_move_by_exactly_the_requests_sent() {
 #[tokio::test]
 async fn upstream_errors_are_counted_by_kind() {
     let s = Setup::new().await;
-    let closed = common::closed_port().await;
+    let closed = common::closed_port();
     let toml = common::toml_with(
         &[HOST],
         &format!("http://{closed}"),

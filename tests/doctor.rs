@@ -77,7 +77,7 @@ impl World {
     async fn start(spec: Spec) -> World {
         let ca = TestCa::new();
         let upstream = Upstream::start_with_names(&ca, &["localhost", ESP]).await;
-        let down = closed_port().await;
+        let down = closed_port();
         let upstream_port = if spec.upstream_down {
             down.port()
         } else {

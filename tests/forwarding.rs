@@ -359,7 +359,7 @@ async fn upstream_failures_are_502_and_504() {
     let ca = common::TestCa::new();
     let (cert, key) = ca.write_leaf("p", &[HOST], common::KeyAlg::EcdsaP256);
     // refused
-    let closed = common::closed_port().await;
+    let closed = common::closed_port();
     let toml = common::toml_with(
         &[HOST],
         &format!("https://localhost:{}", closed.port()),

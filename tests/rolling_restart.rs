@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::haproxy::{HaProxy, Route, free_port};
+use common::haproxy::{HaProxy, Route};
 use common::{BinProxy, Setup, status_of};
 
 const HOST: &str = "url1234.example.test";
@@ -63,8 +63,14 @@ async fn rolling_restart_behind_haproxy_loses_no_request() {
         .replace("level = \"debug\"", "level = \"info\""),
     )
     .unwrap();
-    let (a_https, a_admin) = (free_port().await.to_string(), free_port().await.to_string());
-    let (b_https, b_admin) = (free_port().await.to_string(), free_port().await.to_string());
+    let (a_https, a_admin) = (
+        common::unused_addr().to_string(),
+        common::unused_addr().to_string(),
+    );
+    let (b_https, b_admin) = (
+        common::unused_addr().to_string(),
+        common::unused_addr().to_string(),
+    );
     let mut a = start(&cfg, &a_https, &a_admin).await;
     let b = start(&cfg, &b_https, &b_admin).await;
     wait_ready(&a_admin).await;

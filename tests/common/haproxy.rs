@@ -37,11 +37,6 @@ impl Drop for HaProxy {
     }
 }
 
-/// A loopback port nothing listens on right now (see [`super::unused_port`]).
-pub async fn free_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], super::unused_port(false)))
-}
-
 impl HaProxy {
     pub async fn start(routes: &[Route], extra_global: &str) -> HaProxy {
         let dir = tempfile::tempdir().unwrap();
@@ -51,7 +46,7 @@ impl HaProxy {
              defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n"
         );
         for (i, r) in routes.iter().enumerate() {
-            let fe = free_port().await;
+            let fe = super::unused_addr();
             frontends.push(fe);
             let mode = if r.http { "http" } else { "tcp" };
             cfg.push_str(&format!(

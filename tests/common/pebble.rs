@@ -23,17 +23,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
-use super::{KeyAlg, TestCa, provider};
-
-/// A loopback TCP port nothing listens on right now (see [`super::unused_port`]).
-pub fn free_tcp_port() -> u16 {
-    super::unused_port(false)
-}
-
-/// A loopback port free for both UDP and TCP (DNS uses both).
-fn free_dns_port() -> u16 {
-    super::unused_port(true)
-}
+use super::{KeyAlg, TestCa, provider, unused_port, unused_udp_tcp_port};
 
 /// Everything the proxy's configuration needs before Pebble runs: the directory URL and the
 /// root of Pebble's HTTPS certificate. Pebble itself starts with [`Pebble::start`].
@@ -58,14 +48,14 @@ impl PebblePlan {
         let (cert, key) =
             api_ca.write_leaf("pebble-api", &["localhost", "127.0.0.1"], KeyAlg::EcdsaP256);
         let dir = tempfile::tempdir().unwrap();
-        let listen = free_tcp_port();
+        let listen = unused_port();
         PebblePlan {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             ca_file: api_ca.ca_file.clone(),
             listen,
-            management: free_tcp_port(),
-            dns: free_dns_port(),
-            dns_management: free_tcp_port(),
+            management: unused_port(),
+            dns: unused_udp_tcp_port(),
+            dns_management: unused_port(),
             cert,
             key,
             dir,
