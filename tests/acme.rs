@@ -8,8 +8,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::pebble::{Pebble, PebblePlan, names_and_issuer, served_certificate, wait_until};
-use common::{BinProxy, KeyAlg, Proxy, Setup, bind_listeners, raw_plain, status_of, toml_with};
+use common::pebble::{Pebble, PebblePlan, names_and_issuer, served_certificate};
+use common::{
+    BinProxy, KeyAlg, Proxy, Setup, bind_listeners, eventually, raw_plain, status_of, toml_with,
+};
 
 const A: &str = "url1234.example.test";
 const B: &str = "url5678.example.test";
@@ -61,7 +63,10 @@ async fn tls_alpn_01_issues_a_certificate_that_serves_tracked_links() {
     let proxy = Proxy::start_on(listeners, &toml);
     // The file-certificate host is served at once; the ACME host once issued.
     assert!(proxy.resolver.knows(FILES));
-    wait_until("the certificate for A", ISSUE, || proxy.resolver.knows(A)).await;
+    eventually("the certificate for A", ISSUE, async || {
+        proxy.resolver.knows(A)
+    })
+    .await;
 
     let root = pebble.root_pem().await;
     let leaf = served_certificate(&root, https, A).await.unwrap();
@@ -155,7 +160,10 @@ async fn http_01_is_answered_before_redirects_and_never_forwarded() {
     };
     let raw = raw_plain(http, get(A).as_bytes()).await;
     assert_eq!(status_of(&raw), 404, "{raw}");
-    wait_until("the certificate for A", ISSUE, || proxy.resolver.knows(A)).await;
+    eventually("the certificate for A", ISSUE, async || {
+        proxy.resolver.knows(A)
+    })
+    .await;
     assert_eq!(pebble.orders(), 1);
     let raw = raw_plain(http, get(A).as_bytes()).await;
     assert_eq!(status_of(&raw), 404, "{raw}");
@@ -186,7 +194,7 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
     let https = listeners.https.local_addr().unwrap();
     let pebble = pebble_validating(plan, &listeners).await;
     let proxy = Proxy::start_on(listeners, &toml);
-    wait_until("certificates for A and B", ISSUE, || {
+    eventually("certificates for A and B", ISSUE, async || {
         proxy.resolver.knows(A) && proxy.resolver.knows(B)
     })
     .await;
@@ -202,11 +210,15 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
     // Restart on new ports with the same cache: both served at once, from the cache.
     let proxy = Proxy::start(&toml).await;
     assert!(proxy.resolver.knows(A) && proxy.resolver.knows(B));
-    wait_until("both host tasks scheduled", Duration::from_secs(10), || {
-        [A, B]
-            .iter()
-            .all(|h| acme_status(&proxy, h).next_attempt.is_some())
-    })
+    eventually(
+        "both host tasks scheduled",
+        Duration::from_secs(10),
+        async || {
+            [A, B]
+                .iter()
+                .all(|h| acme_status(&proxy, h).next_attempt.is_some())
+        },
+    )
     .await;
     assert_eq!(served_certificate(&root, proxy.https, A).await.unwrap(), a);
     assert_eq!(served_certificate(&root, proxy.https, B).await.unwrap(), b);
@@ -227,7 +239,7 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
         "a removed host gets no certificate"
     );
     assert!(proxy.resolver.knows(A));
-    wait_until("the order for C", ISSUE, || {
+    eventually("the order for C", ISSUE, async || {
         acme_status(&proxy, C).failures == 1
     })
     .await;
@@ -257,7 +269,7 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
     // B's name does not point at us: validation connects to 127.0.0.2, where nothing listens.
     pebble.add_a(B, "127.0.0.2").await;
     let proxy = Proxy::start_on(listeners, &toml);
-    wait_until("A issued and B failed", ISSUE, || {
+    eventually("A issued and B failed", ISSUE, async || {
         proxy.resolver.knows(A) && acme_status(&proxy, B).failures == 1
     })
     .await;
@@ -276,10 +288,10 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert_eq!(json["failures"], 1);
     // Pebble's log is read by another thread: wait for it to show both orders.
-    wait_until(
+    eventually(
         "Pebble's log shows both orders",
         Duration::from_secs(10),
-        || pebble.orders() >= 2,
+        async || pebble.orders() >= 2,
     )
     .await;
     let orders = pebble.orders();
@@ -288,7 +300,7 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
 
     // A restart (a crash loop) does not order B again before its back-off ends.
     let proxy = Proxy::start(&toml).await;
-    wait_until("B scheduled", Duration::from_secs(10), || {
+    eventually("B scheduled", Duration::from_secs(10), async || {
         acme_status(&proxy, B).next_attempt.is_some()
     })
     .await;
@@ -327,7 +339,7 @@ async fn a_failed_renewal_keeps_serving_the_cached_certificate() {
     let proxy = Proxy::start(&toml).await;
     assert!(proxy.resolver.knows(A));
     assert!(!proxy.resolver.knows(B));
-    wait_until("the failed renewal", Duration::from_secs(20), || {
+    eventually("the failed renewal", Duration::from_secs(20), async || {
         acme_status(&proxy, A).failures == 1 && acme_status(&proxy, B).failures == 1
     })
     .await;
@@ -366,11 +378,10 @@ async fn a_certificate_due_for_renewal_is_renewed_and_swapped_in() {
     // Served from the cache at once, then replaced by the renewal without a restart.
     assert!(proxy.resolver.knows(A));
     let root = pebble.root_pem().await;
-    let deadline = tokio::time::Instant::now() + ISSUE;
-    while served_certificate(&root, https, A).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "not renewed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the renewed certificate", ISSUE, async || {
+        served_certificate(&root, https, A).await
+    })
+    .await;
     let info = proxy.resolver.acme_host(A).unwrap().certificate().unwrap();
     assert!(info.issuer.contains("Pebble"), "{}", info.issuer);
     assert_eq!(pebble.orders(), 1);
@@ -413,7 +424,7 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
             v["message"] == "ACME order failed" && v["host"] == host && v["event"] == "failed"
         })
     };
-    wait_until("a logged failure", Duration::from_secs(20), || {
+    eventually("a logged failure", Duration::from_secs(20), async || {
         failed(&proxy, A)
     })
     .await;
@@ -423,19 +434,12 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
     let root = pebble.root_pem().await;
     let https = proxy.https;
     for host in [A, B] {
-        let deadline = tokio::time::Instant::now() + ISSUE;
-        loop {
-            if let Ok(leaf) = served_certificate(&root, https, host).await {
-                assert_eq!(names_and_issuer(&leaf).0, [host]);
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{host} not issued: {:#?}",
-                proxy.log_lines()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let leaf = eventually(&format!("{host} issued"), ISSUE, async || {
+            let served = served_certificate(&root, https, host).await;
+            served.map_err(|e| (e.to_string(), proxy.log_lines()))
+        })
+        .await;
+        assert_eq!(names_and_issuer(&leaf).0, [host]);
     }
     let issued = proxy
         .log_lines()
@@ -454,14 +458,18 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
     let proxy = BinProxy::start(Some(&file), &[]).await;
     assert_eq!(served_certificate(&root, proxy.https, A).await.unwrap(), a);
     assert!(served_certificate(&root, proxy.https, B).await.is_ok());
-    wait_until("both hosts scheduled", Duration::from_secs(10), || {
-        proxy
-            .log_lines()
-            .iter()
-            .filter(|l| l.contains("next ACME order scheduled"))
-            .count()
-            == 2
-    })
+    eventually(
+        "both hosts scheduled",
+        Duration::from_secs(10),
+        async || {
+            proxy
+                .log_lines()
+                .iter()
+                .filter(|l| l.contains("next ACME order scheduled"))
+                .count()
+                == 2
+        },
+    )
     .await;
     assert_eq!(pebble.orders(), orders);
     assert!(!failed(&proxy, A));
@@ -535,7 +543,7 @@ async fn hosts_ordering_together_on_a_new_account_register_it_once_and_all_get_c
     let listeners = bind_listeners().await;
     let pebble = pebble_validating(plan, &listeners).await;
     let proxy = Proxy::start_on(listeners, &toml);
-    wait_until("every host issued or failed", ISSUE, || {
+    eventually("every host issued or failed", ISSUE, async || {
         names
             .iter()
             .all(|h| proxy.resolver.knows(h) || acme_status(&proxy, h).failures > 0)

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -170,20 +172,17 @@ async fn counters_move_by_exactly_the_requests_sent() {
     assert_eq!(upstream_count, 6.0, "{}", after.text);
     // Request latency is observed when the body ends, just after the client has read it:
     // wait for the last one, then it must be exact.
-    let mut total_latency = 0.0;
-    for _ in 0..200 {
+    let total_latency = eventually("9 request latencies", Duration::from_secs(5), async || {
         let m = scrape(proxy.admin).await;
-        total_latency = m.histogram_count("trackproxy_request_duration_seconds", &[("host", HOST)])
+        let total = m.histogram_count("trackproxy_request_duration_seconds", &[("host", HOST)])
             + m.histogram_count("trackproxy_request_duration_seconds", &[("host", HOST2)])
             + m.histogram_count(
                 "trackproxy_request_duration_seconds",
                 &[("host", "(unknown)")],
             );
-        if total_latency >= 9.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        if total >= 9.0 { Ok(total) } else { Err(total) }
+    })
+    .await;
     assert_eq!(total_latency, 9.0);
     // Two TLS connections are still open (the HTTP/2 and the refused one may still be
     // closing).
@@ -277,15 +276,15 @@ async fn readyz_fails_during_drain_while_traffic_still_flows() {
     .await;
     assert_eq!(admin_get(proxy.admin, "/readyz").await.0, 200);
     proxy.signal_shutdown();
-    let mut body = String::new();
-    for _ in 0..200 {
-        let (status, _, b) = admin_get(proxy.admin, "/readyz").await;
-        if status == 503 {
-            body = b;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let body = eventually(
+        "/readyz answering 503",
+        Duration::from_secs(2),
+        async || {
+            let (status, _, body) = admin_get(proxy.admin, "/readyz").await;
+            if status == 503 { Ok(body) } else { Err(status) }
+        },
+    )
+    .await;
     assert_eq!(body, "{\"ready\":false,\"reason\":\"draining\"}\n");
     // Still serving during drain_delay.
     let c = client(&s.ca, &proxy, &[HOST], false);

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::{GIF, LANDING, Proxy, Setup, raw_plain, raw_tls, status_of};
 use http_body_util::{BodyExt, Full};
@@ -473,6 +471,5 @@ async fn pooled_upstream_connections_are_reused() {
         1,
         "sequential requests share one upstream connection"
     );
-    tokio::time::sleep(Duration::from_millis(10)).await;
     proxy.stop().await;
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,17 +25,14 @@ async fn parked(proxy: &Proxy) -> f64 {
         .value("trackproxy_parked_connections", &[])
 }
 
-/// Waits (bounded) until `want` connections are parked.
+/// Waits until `want` connections are parked.
 async fn wait_parked(proxy: &Proxy, want: f64) {
-    let mut last = -1.0;
-    for _ in 0..100 {
-        last = parked(proxy).await;
-        if last == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("trackproxy_parked_connections stayed {last}, expected {want}");
+    let what = format!("trackproxy_parked_connections = {want}");
+    eventually(&what, Duration::from_secs(10), async || {
+        let now = parked(proxy).await;
+        if now == want { Ok(()) } else { Err(now) }
+    })
+    .await;
 }
 
 fn get(path: &str) -> String {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::time::Duration;
 
 use common::haproxy::{HaProxy, Route};
@@ -147,15 +149,12 @@ async fn per_client_connection_cap_closes_extra_connections_before_tls() {
 
     // Closing one frees its slot (the server notices the close asynchronously).
     drop(a);
-    let mut reconnected = None;
-    for _ in 0..100 {
-        if let Ok(conn) = tls_connect_with(cfg.clone(), "127.0.0.1", proxy.https, HOST).await {
-            reconnected = Some(conn);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut d = reconnected.expect("a slot frees up once a connection closes");
+    let mut d = eventually(
+        "a slot freed up by the closed connection",
+        Duration::from_secs(5),
+        async || tls_connect_with(cfg.clone(), "127.0.0.1", proxy.https, HOST).await,
+    )
+    .await;
     assert_eq!(h1_exchange(&mut d, &req).await.0, 200);
 }
 
@@ -210,13 +209,12 @@ async fn requests_past_max_in_flight_are_shed_with_503_at_once() {
         })
         .collect();
     // Both slow requests are at the upstream: the in-flight budget is used up.
-    for _ in 0..500 {
-        if s.upstream.count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(s.upstream.count(), 2);
+    eventually(
+        "both slow requests at the upstream",
+        Duration::from_secs(5),
+        async || s.upstream.count() == 2,
+    )
+    .await;
     let m = scrape(proxy.admin).await;
     assert_eq!(m.value("trackproxy_in_flight_requests", &[]), 2.0);
 

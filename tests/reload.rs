@@ -8,8 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::pebble::wait_until;
-use common::{BinProxy, KeyAlg, Setup, tls_connect, toml_with};
+use common::{BinProxy, KeyAlg, Setup, eventually, tls_connect, toml_with};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
@@ -56,7 +55,7 @@ async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_confi
     // Add B.
     std::fs::write(&file, toml(&[A, B])).unwrap();
     proxy.signal("HUP").await;
-    wait_until("the reload", Duration::from_secs(10), || {
+    eventually("the reload", Duration::from_secs(10), async || {
         count(&proxy, "configuration reloaded") == 1
     })
     .await;
@@ -75,7 +74,7 @@ async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_confi
     )
     .unwrap();
     proxy.signal("HUP").await;
-    wait_until("the rejection", Duration::from_secs(10), || {
+    eventually("the rejection", Duration::from_secs(10), async || {
         count(&proxy, "configuration reload rejected") == 1
     })
     .await;
@@ -94,7 +93,7 @@ async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_confi
     // Remove A: new handshakes for A are refused; the process keeps running.
     std::fs::write(&file, toml(&[B])).unwrap();
     proxy.signal("HUP").await;
-    wait_until("the second reload", Duration::from_secs(10), || {
+    eventually("the second reload", Duration::from_secs(10), async || {
         count(&proxy, "configuration reloaded") == 2
     })
     .await;
@@ -155,15 +154,12 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
     replace(&key, &key2);
     replace(&cert, &pem2);
     let want = der_of(&pem2);
-    let mut rotated = false;
-    for _ in 0..100 {
-        if served_leaf(&s, proxy.https).await == want {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(rotated, "the new certificate was not served within 5 s");
+    eventually(
+        "the new certificate served",
+        Duration::from_secs(10),
+        async || served_leaf(&s, proxy.https).await == want,
+    )
+    .await;
     let second_expiry = expiry(&common::metrics::scrape(proxy.admin).await);
     assert!(
         second_expiry > first_expiry + 20.0 * 86_400.0,

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, Setup, raw_tls, status_of};
+use common::{Proxy, Setup, eventually, raw_tls, status_of};
 
 const HOST: &str = "url1234.example.test";
 
@@ -29,17 +29,19 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
         })
     };
     // wait until the upstream has the request, then signal
-    for _ in 0..200 {
-        if s.upstream.connections() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the request at the upstream",
+        Duration::from_secs(5),
+        async || s.upstream.connections() > 0,
+    )
+    .await;
     assert_eq!(s.upstream.connections(), 1);
     proxy.signal_shutdown();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // listener closed: new connections are refused
-    assert!(tokio::net::TcpStream::connect(https).await.is_err());
+    eventually("the listener closed", Duration::from_secs(2), async || {
+        tokio::net::TcpStream::connect(https).await.is_err()
+    })
+    .await;
     let raw = tokio::time::timeout(Duration::from_secs(10), in_flight)
         .await
         .unwrap()

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, Setup, TestCa, Upstream, h1_exchange, tls_connect};
+use common::{Proxy, Setup, TestCa, Upstream, eventually, h1_exchange, tls_connect};
 
 const HOST: &str = "url1234.example.test";
 
@@ -90,7 +90,13 @@ async fn at_most_pool_max_idle_connections_are_kept() {
             }
         });
         futures_util::future::join_all(all).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Back in the pool: 2 kept, the upstream sees the other 2 closed.
+        eventually(
+            "2 upstream connections left open",
+            Duration::from_secs(5),
+            async || s.upstream.open_connections() == 2,
+        )
+        .await;
     }
     assert_eq!(s.upstream.count(), 8);
     assert_eq!(

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::eventually;
+
 /// The `trackproxy` binary running as a child process, listening on ephemeral loopback ports
 /// (set through `TRACKPROXY__…` overrides), its JSON log collected line by line.
 pub struct BinProxy {
@@ -116,18 +118,23 @@ impl BinProxy {
         n: usize,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> Vec<serde_json::Value> {
-        for _ in 0..1000 {
-            let found: Vec<serde_json::Value> = self
-                .log_lines()
-                .iter()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .filter(|v| pred(v))
-                .collect();
-            if found.len() >= n {
-                return found;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("fewer than {n} matching log lines: {:#?}", self.log_lines());
+        eventually(
+            &format!("{n} matching log lines"),
+            Duration::from_secs(10),
+            async || {
+                let lines = self.log_lines();
+                let found: Vec<serde_json::Value> = lines
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter(|v| pred(v))
+                    .collect();
+                if found.len() >= n {
+                    Ok(found)
+                } else {
+                    Err(lines)
+                }
+            },
+        )
+        .await
     }
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::eventually;
+
 /// One frontend → backend pair.
 #[derive(Default)]
 pub struct Route {
@@ -81,21 +83,19 @@ impl HaProxy {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        // ready when every frontend accepts connections (bounded wait)
+        // ready when every frontend accepts connections
         for fe in &frontends {
-            let mut ok = false;
-            for _ in 0..200 {
-                if TcpStream::connect(fe).await.is_ok() {
-                    ok = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            assert!(
-                ok,
-                "haproxy did not listen on {fe}: {}",
-                std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
-            );
+            eventually(
+                &format!("haproxy listening on {fe}"),
+                Duration::from_secs(5),
+                async || {
+                    TcpStream::connect(fe).await.map(drop).map_err(|e| {
+                        let log = std::fs::read_to_string(dir.path().join("haproxy.log"));
+                        (e.to_string(), log.unwrap_or_default())
+                    })
+                },
+            )
+            .await;
         }
         HaProxy {
             child,

@@ -7,6 +7,7 @@
 //! - [`binary`]: the `trackproxy` binary as a child process;
 //! - [`client`]: reqwest, raw TLS/TCP bytes, hyper HTTP/2, curl;
 //! - [`ports`]: loopback ports for programs the tests start;
+//! - [`wait`]: [`eventually`], the one way to wait for a condition;
 //! - [`dns`], [`haproxy`], [`pebble`], [`website`], [`metrics`]: real daemons and the admin
 //!   endpoints.
 //!
@@ -31,8 +32,9 @@ pub mod pki;
 pub mod ports;
 pub mod proxy;
 pub mod upstream;
+pub mod wait;
 pub mod website;
 
 // Each test crate uses only some of these.
 #[allow(unused_imports)]
-pub use self::{binary::*, client::*, pki::*, ports::*, proxy::*, upstream::*};
+pub use self::{binary::*, client::*, pki::*, ports::*, proxy::*, upstream::*, wait::*};

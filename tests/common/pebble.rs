@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
-use super::{KeyAlg, TestCa, provider, unused_port, unused_udp_tcp_port};
+use super::{KeyAlg, TestCa, eventually, provider, unused_port, unused_udp_tcp_port};
 
 /// Everything the proxy's configuration needs before Pebble runs: the directory URL and the
 /// root of Pebble's HTTPS certificate. Pebble itself starts with [`Pebble::start`].
@@ -174,16 +174,15 @@ impl Pebble {
         // Ready when its API, its management interface and the DNS server's management
         // interface accept connections (the log line can come before the sockets).
         for port in [p.plan.listen, p.plan.management, p.plan.dns_management] {
-            let mut tries = 0;
-            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                tries += 1;
-                assert!(
-                    tries < 200,
-                    "port {port} of pebble not ready: {:?}",
-                    p.log()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            eventually(
+                &format!("port {port} of pebble"),
+                Duration::from_secs(10),
+                async || {
+                    let connect = TcpStream::connect(("127.0.0.1", port)).await;
+                    connect.map(drop).map_err(|e| (e.to_string(), p.log()))
+                },
+            )
+            .await;
         }
         p
     }
@@ -298,16 +297,4 @@ pub fn names_and_issuer(der: &CertificateDer<'_>) -> (Vec<String>, String) {
         })
         .unwrap_or_default();
     (names, cert.issuer().to_string())
-}
-
-/// Polls `check` every 100 ms until it holds; panics with `what` after `limit`.
-pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -47,6 +47,23 @@ impl Seen {
 struct Record {
     seen: Mutex<Vec<Seen>>,
     connections: AtomicUsize,
+    open: AtomicUsize,
+}
+
+/// Counts a connection as open while it lives.
+struct Open(Arc<Record>);
+
+impl Open {
+    fn new(rec: &Arc<Record>) -> Self {
+        rec.open.fetch_add(1, Ordering::SeqCst);
+        Open(rec.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A local stand-in for sendgrid.net: TLS with a test-CA certificate for `localhost`.
@@ -112,9 +129,11 @@ impl Upstream {
                     continue;
                 };
                 rec.connections.fetch_add(1, Ordering::SeqCst);
+                let open = Open::new(&rec);
                 let rec = rec.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
+                    let _open = open;
                     match tls {
                         Some(acc) => {
                             let Ok(s) = acc.accept(stream).await else {
@@ -151,8 +170,14 @@ impl Upstream {
         self.record.seen.lock().unwrap().len()
     }
 
+    /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.record.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now (accepted and not yet closed by either side).
+    pub fn open_connections(&self) -> usize {
+        self.record.open.load(Ordering::SeqCst)
     }
 }
 
