@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use common::pebble::{Pebble, PebblePlan, names_and_issuer, served_certificate};
 use common::{
-    BinProxy, KeyAlg, Proxy, Setup, bind_listeners, eventually, raw_plain, status_of, toml_with,
+    BinProxy, KeyAlg, Proxy, Setup, TestConfig, bind_listeners, eventually, raw_plain, status_of,
 };
 
 const A: &str = "url1234.example.test";
@@ -29,17 +29,13 @@ fn acme_status(proxy: &Proxy, host: &str) -> common::AcmeStatus {
 }
 
 /// Config with `acme_hosts` over ACME plus `FILES` on a file certificate from the test CA.
-fn config(s: &Setup, plan: &PebblePlan, cache: &Path, acme_hosts: &[&str], acme: &str) -> String {
-    let (cert, key) = s.ca.write_leaf("files", &[FILES], KeyAlg::EcdsaP256);
-    let mut hosts = acme_hosts.to_vec();
-    hosts.push(FILES);
-    toml_with(
-        &hosts,
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[(cert, key)],
-        &plan.acme_toml(cache, "tls-alpn-01", acme),
-    )
+fn config(s: &Setup, plan: &PebblePlan, cache: &Path, acme_hosts: &[&str]) -> TestConfig {
+    let files = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .hosts(acme_hosts)
+        .host(FILES)
+        .certificate(s.ca.write_leaf("files", &[FILES], KeyAlg::EcdsaP256));
+    plan.acme(files, cache, "tls-alpn-01")
 }
 
 /// Pebble validating against `listeners`: TLS-ALPN-01 on the HTTPS one, HTTP-01 on the other.
@@ -53,7 +49,7 @@ async fn tls_alpn_01_issues_a_certificate_that_serves_tracked_links() {
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(&s, &plan, cache.path(), &[A], "");
+    let toml = config(&s, &plan, cache.path(), &[A]).toml();
     let listeners = bind_listeners().await;
     let (https, http) = (
         listeners.https.local_addr().unwrap(),
@@ -135,17 +131,12 @@ async fn http_01_is_answered_before_redirects_and_never_forwarded() {
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let (cert, key) = s.ca.write_leaf("files", &[FILES], KeyAlg::EcdsaP256);
-    let toml = toml_with(
-        &[A, FILES],
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[(cert, key)],
-        &format!(
-            "[server]\nhttp_mode = \"redirect\"\n{}",
-            plan.acme_toml(cache.path(), "http-01", "")
-        ),
-    );
+    let files = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .hosts(&[A, FILES])
+        .certificate(s.ca.write_leaf("files", &[FILES], KeyAlg::EcdsaP256))
+        .set("server.http_mode", "redirect");
+    let toml = plan.acme(files, cache.path(), "http-01").toml();
     let listeners = bind_listeners().await;
     let http = listeners.http.local_addr().unwrap();
     // Pebble's TLS-ALPN-01 port is closed: only HTTP-01 can succeed.
@@ -189,7 +180,7 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(&s, &plan, cache.path(), &[A, B], "");
+    let toml = config(&s, &plan, cache.path(), &[A, B]).toml();
     let listeners = bind_listeners().await;
     let https = listeners.https.local_addr().unwrap();
     let pebble = pebble_validating(plan, &listeners).await;
@@ -226,14 +217,9 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
 
     // Reload: C is added (only C is ordered: Pebble validates on the first proxy's ports, so
     // this proxy cannot pass validation; the attempt itself is what counts), B is removed.
-    let toml2 = config(
-        &s,
-        &pebble.plan,
-        cache.path(),
-        &[A, C],
-        "backoff_initial = \"1h\"",
-    );
-    proxy.reload(&toml2).await.unwrap();
+    let config2 =
+        config(&s, &pebble.plan, cache.path(), &[A, C]).set("tls.acme.backoff_initial", "1h");
+    proxy.reload(&config2.toml()).await.unwrap();
     assert!(
         !proxy.resolver.knows(B),
         "a removed host gets no certificate"
@@ -251,7 +237,7 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
     assert_eq!(served_certificate(&root, proxy.https, A).await.unwrap(), a);
 
     // A configuration with a problem changes nothing.
-    let bad = toml2.replace("[tls.acme]", "[tls.acme]\nchallenge_typo = 1");
+    let bad = config2.set("tls.acme.challenge_typo", 1).toml();
     let err = proxy.reload(&bad).await.unwrap_err();
     assert!(err.to_string().contains("tls.acme.challenge_typo"), "{err}");
     assert!(proxy.resolver.knows(A) && proxy.resolver.knows(FILES));
@@ -263,7 +249,9 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(&s, &plan, cache.path(), &[A, B], "backoff_initial = \"1h\"");
+    let toml = config(&s, &plan, cache.path(), &[A, B])
+        .set("tls.acme.backoff_initial", "1h")
+        .toml();
     let listeners = bind_listeners().await;
     let pebble = pebble_validating(plan, &listeners).await;
     // B's name does not point at us: validation connects to 127.0.0.2, where nothing listens.
@@ -326,16 +314,13 @@ async fn a_failed_renewal_keeps_serving_the_cached_certificate() {
     // An expired one is not served (and does not count as ready).
     let (chain, key) = s.ca.issue_with(&[B], KeyAlg::EcdsaP256, -100, -10);
     std::fs::write(dir.join(format!("{B}.pem")), format!("{key}\n{chain}")).unwrap();
-    let toml = toml_with(
-        &[A, B],
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[],
-        &format!(
-            "\n[tls.acme]\ndirectory = {directory:?}\ncache_dir = {:?}\nbackoff_initial = \"1h\"\n",
-            cache.path().display().to_string()
-        ),
-    );
+    let toml = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .hosts(&[A, B])
+        .set("tls.acme.directory", &directory)
+        .set("tls.acme.cache_dir", cache.path())
+        .set("tls.acme.backoff_initial", "1h")
+        .toml();
     let proxy = Proxy::start(&toml).await;
     assert!(proxy.resolver.knows(A));
     assert!(!proxy.resolver.knows(B));
@@ -370,7 +355,7 @@ async fn a_certificate_due_for_renewal_is_renewed_and_swapped_in() {
     std::fs::create_dir_all(&dir).unwrap();
     let (chain, key) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -70, 20);
     std::fs::write(dir.join(format!("{A}.pem")), format!("{key}\n{chain}")).unwrap();
-    let toml = config(&s, &plan, cache.path(), &[A], "");
+    let toml = config(&s, &plan, cache.path(), &[A]).toml();
     let listeners = bind_listeners().await;
     let https = listeners.https.local_addr().unwrap();
     let pebble = pebble_validating(plan, &listeners).await;
@@ -398,13 +383,10 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(
-        &s,
-        &plan,
-        cache.path(),
-        &[A, B],
-        "backoff_initial = \"1s\"\nbackoff_max = \"2s\"",
-    );
+    let toml = config(&s, &plan, cache.path(), &[A, B])
+        .set("tls.acme.backoff_initial", "1s")
+        .set("tls.acme.backoff_max", "2s")
+        .toml();
     let file = cache.path().join("trackproxy.toml");
     std::fs::write(&file, &toml).unwrap();
     let proxy = BinProxy::start(Some(&file), &[]).await;
@@ -482,18 +464,13 @@ async fn an_unwritable_cache_dir_is_a_clear_configuration_error() {
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, "x").unwrap();
     let cache = blocker.join("acme");
-    let toml = toml_with(
-        &[A],
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[],
-        &format!(
-            "\n[tls.acme]\ndirectory = \"https://127.0.0.1:1/dir\"\ncache_dir = {:?}\n",
-            cache.display().to_string()
-        ),
-    );
+    let config = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .host(A)
+        .set("tls.acme.directory", "https://127.0.0.1:1/dir")
+        .set("tls.acme.cache_dir", &cache);
     let file = dir.path().join("trackproxy.toml");
-    std::fs::write(&file, &toml).unwrap();
+    std::fs::write(&file, config.toml()).unwrap();
     for cmd in ["check-config", "serve"] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackproxy"))
             .args([cmd, "--config"])
@@ -518,7 +495,7 @@ async fn an_unwritable_cache_dir_is_a_clear_configuration_error() {
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
     if std::fs::write(ro.join("probe"), "x").is_err() {
-        let toml = toml.replace(&*cache.to_string_lossy(), &ro.to_string_lossy());
+        let toml = config.set("tls.acme.cache_dir", &ro).toml();
         let err = Proxy::try_start(&toml)
             .await
             .err()
@@ -539,7 +516,9 @@ async fn hosts_ordering_together_on_a_new_account_register_it_once_and_all_get_c
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(&s, &plan, cache.path(), &names, "backoff_initial = \"1h\"");
+    let toml = config(&s, &plan, cache.path(), &names)
+        .set("tls.acme.backoff_initial", "1h")
+        .toml();
     let listeners = bind_listeners().await;
     let pebble = pebble_validating(plan, &listeners).await;
     let proxy = Proxy::start_on(listeners, &toml);

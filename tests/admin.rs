@@ -21,7 +21,7 @@ const HOST2: &str = "url99.example.test";
 #[tokio::test]
 async fn healthz_readyz_and_unknown_paths() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let (status, _, body) = admin_get(proxy.admin, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, ct, body) = admin_get(proxy.admin, "/readyz").await;
@@ -42,7 +42,7 @@ async fn healthz_readyz_and_unknown_paths() {
 #[tokio::test]
 async fn counters_move_by_exactly_the_requests_sent() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST, HOST2], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST, HOST2])).await;
     let before = scrape(proxy.admin).await;
     // Every fixed series is there from the start, at zero.
     for (name, labels) in [
@@ -194,13 +194,10 @@ async fn counters_move_by_exactly_the_requests_sent() {
 async fn upstream_errors_are_counted_by_kind() {
     let s = Setup::new().await;
     let closed = common::closed_port();
-    let toml = common::toml_with(
-        &[HOST],
-        &format!("http://{closed}"),
-        &s.ca.ca_file,
-        &[s.ca.write_leaf("proxy", &[HOST], common::KeyAlg::EcdsaP256)],
-        "",
-    );
+    let toml = s
+        .config(&[HOST])
+        .set("upstream.url", format!("http://{closed}"))
+        .toml();
     let proxy = Proxy::start(&toml).await;
     let c = client(&s.ca, &proxy, &[HOST], false);
     for _ in 0..2 {
@@ -233,7 +230,7 @@ async fn upstream_errors_are_counted_by_kind() {
 #[tokio::test]
 async fn readyz_is_503_until_every_host_has_a_certificate() {
     let s = Setup::new().await;
-    let app = Proxy::build(&s.toml(&[HOST], "")).unwrap();
+    let app = Proxy::build(&s.toml(&[HOST])).unwrap();
     let resolver = app.resolver().clone();
     let served: HashMap<String, _> = [(HOST.to_owned(), resolver.lookup(HOST).unwrap())].into();
     // Start with no certificate at all (as before ACME has issued one).
@@ -269,10 +266,12 @@ async fn readyz_is_503_until_every_host_has_a_certificate() {
 #[tokio::test]
 async fn readyz_fails_during_drain_while_traffic_still_flows() {
     let s = Setup::new().await;
-    let mut proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\ndrain_delay = \"3s\"\nshutdown_grace = \"5s\"\n",
-    ))
+    let mut proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.drain_delay", "3s")
+            .set("server.shutdown_grace", "5s")
+            .toml(),
+    )
     .await;
     assert_eq!(admin_get(proxy.admin, "/readyz").await.0, 200);
     proxy.signal_shutdown();
@@ -307,8 +306,8 @@ async fn readyz_fails_during_drain_while_traffic_still_flows() {
 #[tokio::test]
 async fn proxies_in_one_process_keep_their_counters_apart() {
     let s = Setup::new().await;
-    let a = Proxy::start(&s.toml(&[HOST], "")).await;
-    let b = Proxy::start(&s.toml(&[HOST], "")).await;
+    let a = Proxy::start(&s.toml(&[HOST])).await;
+    let b = Proxy::start(&s.toml(&[HOST])).await;
     let ca = client(&s.ca, &a, &[HOST], false);
     for _ in 0..3 {
         ca.get(format!("https://{HOST}/wf/open"))

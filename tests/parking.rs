@@ -42,7 +42,7 @@ fn get(path: &str) -> String {
 #[tokio::test]
 async fn idle_tls_http1_connections_park_and_keep_serving() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
 
     // The first response out, the connection parks at once (most clicks make one request).
@@ -105,7 +105,12 @@ async fn idle_tls_http1_connections_park_and_keep_serving() {
 #[tokio::test]
 async fn parked_connections_are_closed_after_the_keep_alive_wait() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "[server]\nheader_read_timeout = \"2s\"\n")).await;
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.header_read_timeout", "2s")
+            .toml(),
+    )
+    .await;
     let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
     let (status, _, _) = h1_exchange(&mut c, &get("/wf/open?upn=1")).await;
     assert_eq!(status, 200);
@@ -129,7 +134,7 @@ async fn parked_connections_are_closed_after_the_keep_alive_wait() {
 #[tokio::test]
 async fn plain_http_parks_and_http2_prior_knowledge_still_works() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
 
     // Plain HTTP/1.1 (no ALPN: the first bytes decide).
     let mut c = tokio::net::TcpStream::connect(proxy.http).await.unwrap();

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BinProxy, KeyAlg, Setup, eventually, tls_connect, toml_with};
+use common::{BinProxy, KeyAlg, Setup, TestConfig, eventually, tls_connect};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
@@ -27,9 +27,14 @@ fn count(p: &BinProxy, message: &str) -> usize {
 #[tokio::test]
 async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_config() {
     let s = Setup::new().await;
-    let (cert, key) = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
-    let certs = [(cert, key)];
-    let toml = |hosts: &[&str]| toml_with(hosts, &s.upstream.url, &s.ca.ca_file, &certs, "");
+    let both = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
+    let toml = |hosts: &[&str]| {
+        TestConfig::new(&s.upstream.url)
+            .upstream_ca(&s.ca.ca_file)
+            .hosts(hosts)
+            .certificate(both.clone())
+            .toml()
+    };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("trackproxy.toml");
     std::fs::write(&file, toml(&[A])).unwrap();
@@ -131,13 +136,12 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
     let s = Setup::new().await;
     let (pem1, key1) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -1, 30);
     let (cert, key) = s.ca.write_files("rotating", &pem1, &key1);
-    let toml = toml_with(
-        &[A],
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[(cert.clone(), key.clone())],
-        "[tls]\nwatch_interval = \"100ms\"\n",
-    );
+    let toml = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .host(A)
+        .certificate((cert.clone(), key.clone()))
+        .set("tls.watch_interval", "100ms")
+        .toml();
     let proxy = common::Proxy::start(&toml).await;
     assert_eq!(served_leaf(&s, proxy.https).await, der_of(&pem1));
     let mut open = tls_connect(&s.ca, proxy.https, A).await.unwrap();
@@ -191,9 +195,14 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
 #[tokio::test]
 async fn hosts_added_by_a_reload_get_their_own_metrics() {
     let s = Setup::new().await;
-    let (cert, key) = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
-    let certs = [(cert, key)];
-    let toml = |hosts: &[&str]| toml_with(hosts, &s.upstream.url, &s.ca.ca_file, &certs, "");
+    let both = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
+    let toml = |hosts: &[&str]| {
+        TestConfig::new(&s.upstream.url)
+            .upstream_ca(&s.ca.ca_file)
+            .hosts(hosts)
+            .certificate(both.clone())
+            .toml()
+    };
     let proxy = common::Proxy::start(&toml(&[A])).await;
     proxy.reload(&toml(&[A, B])).await.unwrap();
     let mut tls = tls_connect(&s.ca, proxy.https, B).await.unwrap();

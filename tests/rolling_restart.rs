@@ -61,12 +61,12 @@ async fn rolling_restart_behind_haproxy_loses_no_request() {
     let cfg = dir.path().join("trackproxy.toml");
     std::fs::write(
         &cfg,
-        s.toml(
-            &[HOST],
-            "[server]\ndrain_delay = \"1500ms\"\nshutdown_grace = \"10s\"\n\
-             [limits]\nper_client_rps = 0\n",
-        )
-        .replace("level = \"debug\"", "level = \"info\""),
+        s.config(&[HOST])
+            .set("server.drain_delay", "1500ms")
+            .set("server.shutdown_grace", "10s")
+            .set("limits.per_client_rps", 0)
+            .set("log.level", "info")
+            .toml(),
     )
     .unwrap();
     let (a_https, a_admin) = (

@@ -14,7 +14,8 @@ const HOST: &str = "url1234.example.test";
 #[tokio::test]
 async fn in_flight_request_completes_and_new_connections_are_refused() {
     let s = Setup::new().await;
-    let mut proxy = Proxy::start(&s.toml(&[HOST], "[server]\nshutdown_grace = \"10s\"\n")).await;
+    let mut proxy =
+        Proxy::start(&s.config(&[HOST]).set("server.shutdown_grace", "10s").toml()).await;
     let https = proxy.https;
     let ca_req = format!("GET /slow?ms=1500 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
     let in_flight = {
@@ -60,7 +61,8 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
 #[tokio::test]
 async fn idle_keep_alive_connections_do_not_delay_shutdown() {
     let s = Setup::new().await;
-    let mut proxy = Proxy::start(&s.toml(&[HOST], "[server]\nshutdown_grace = \"20s\"\n")).await;
+    let mut proxy =
+        Proxy::start(&s.config(&[HOST]).set("server.shutdown_grace", "20s").toml()).await;
     // an idle HTTP/1.1 keep-alive connection and an idle HTTP/2 connection
     let mut h1 = common::tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
     {

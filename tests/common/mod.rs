@@ -2,8 +2,9 @@
 //!
 //! - [`pki`]: a throw-away test CA and TLS configurations;
 //! - [`upstream`]: the local stand-in for sendgrid.net, recording what it received;
-//! - [`proxy`]: the proxy in-process on `127.0.0.1:0`, and the test TOML (the only file here
-//!   that names `trackproxy::` paths);
+//! - [`proxy`]: the proxy in-process on `127.0.0.1:0` (the only file here that names
+//!   `trackproxy::` paths);
+//! - [`test_config`]: [`TestConfig`], the proxy's TOML put together key by key;
 //! - [`binary`]: the `trackproxy` binary as a child process;
 //! - [`client`]: reqwest, raw TLS/TCP bytes, hyper HTTP/2, curl;
 //! - [`ports`]: loopback ports for programs the tests start;
@@ -31,10 +32,13 @@ pub mod pebble;
 pub mod pki;
 pub mod ports;
 pub mod proxy;
+pub mod test_config;
 pub mod upstream;
 pub mod wait;
 pub mod website;
 
 // Each test crate uses only some of these.
 #[allow(unused_imports)]
-pub use self::{binary::*, client::*, pki::*, ports::*, proxy::*, upstream::*, wait::*};
+pub use self::{
+    binary::*, client::*, pki::*, ports::*, proxy::*, test_config::*, upstream::*, wait::*,
+};

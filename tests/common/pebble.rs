@@ -23,7 +23,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
-use super::{KeyAlg, TestCa, eventually, provider, unused_port, unused_udp_tcp_port};
+use super::{KeyAlg, TestCa, TestConfig, eventually, provider, unused_port, unused_udp_tcp_port};
 
 /// Everything the proxy's configuration needs before Pebble runs: the directory URL and the
 /// root of Pebble's HTTPS certificate. Pebble itself starts with [`Pebble::start`].
@@ -63,15 +63,14 @@ impl PebblePlan {
         }
     }
 
-    /// A `[tls.acme]` section for this Pebble; `extra` lines are added to it.
-    pub fn acme_toml(&self, cache_dir: &Path, challenge: &str, extra: &str) -> String {
-        format!(
-            "\n[tls.acme]\ndirectory = {:?}\ncontact = [\"mailto:ops@example.test\"]\n\
-             cache_dir = {:?}\nchallenge = {challenge:?}\nca_file = {:?}\n{extra}\n",
-            self.directory,
-            cache_dir.display().to_string(),
-            self.ca_file.display().to_string(),
-        )
+    /// `config` with a `[tls.acme]` section for this Pebble.
+    pub fn acme(&self, config: TestConfig, cache_dir: &Path, challenge: &str) -> TestConfig {
+        config
+            .set("tls.acme.directory", &self.directory)
+            .set("tls.acme.contact", ["mailto:ops@example.test"])
+            .set("tls.acme.cache_dir", cache_dir)
+            .set("tls.acme.challenge", challenge)
+            .set("tls.acme.ca_file", &self.ca_file)
     }
 }
 

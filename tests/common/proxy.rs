@@ -4,7 +4,6 @@
 //! an item, only this file changes (test files use the re-exports below).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ pub use trackproxy::server::Listeners;
 #[allow(unused_imports)]
 pub use trackproxy::tls::acme::{AcmeStatus, directory_dir_name};
 
-use super::{KeyAlg, TestCa, Upstream};
+use super::{KeyAlg, TestCa, TestConfig, Upstream};
 
 /// A proxy running in-process on `127.0.0.1:0`.
 pub struct Proxy {
@@ -139,7 +138,7 @@ impl Drop for Proxy {
     }
 }
 
-/// A configuration with file certificates for `hosts` forwarding to `upstream`.
+/// The test CA and the upstream most tests need, and their proxy configuration.
 pub struct Setup {
     pub ca: TestCa,
     pub upstream: Upstream,
@@ -152,42 +151,17 @@ impl Setup {
         Setup { ca, upstream }
     }
 
-    /// TOML for `hosts`, all covered by one certificate from the test CA; `extra` is appended.
-    pub fn toml(&self, hosts: &[&str], extra: &str) -> String {
-        let (cert, key) = self.ca.write_leaf("proxy", hosts, KeyAlg::EcdsaP256);
-        toml_with(
-            hosts,
-            &self.upstream.url,
-            &self.ca.ca_file,
-            &[(cert, key)],
-            extra,
-        )
+    /// A configuration for `hosts`, all covered by one certificate from the test CA,
+    /// forwarding to the upstream (its CA trusted); add keys with [`TestConfig::set`].
+    pub fn config(&self, hosts: &[&str]) -> TestConfig {
+        TestConfig::new(&self.upstream.url)
+            .upstream_ca(&self.ca.ca_file)
+            .hosts(hosts)
+            .certificate(self.ca.write_leaf("proxy", hosts, KeyAlg::EcdsaP256))
     }
-}
 
-/// Builds a proxy TOML: hosts, upstream with the CA trusted, certificate files, extra text.
-pub fn toml_with(
-    hosts: &[&str],
-    upstream: &str,
-    ca_file: &Path,
-    certs: &[(PathBuf, PathBuf)],
-    extra: &str,
-) -> String {
-    let mut s = format!(
-        "[upstream]\nurl = {upstream:?}\nca_file = {:?}\nresponse_timeout = \"5s\"\n\n",
-        ca_file.display().to_string()
-    );
-    for h in hosts {
-        s.push_str(&format!("[[hosts]]\nname = {h:?}\n\n"));
+    /// [`Setup::config`] as TOML.
+    pub fn toml(&self, hosts: &[&str]) -> String {
+        self.config(hosts).toml()
     }
-    for (c, k) in certs {
-        s.push_str(&format!(
-            "[[tls.certificates]]\ncert = {:?}\nkey = {:?}\n\n",
-            c.display().to_string(),
-            k.display().to_string()
-        ));
-    }
-    s.push_str("[log]\nlevel = \"debug\"\n");
-    s.push_str(extra);
-    s
 }
