@@ -16,11 +16,11 @@ const HOST: &str = "url1234.example.test";
 const DOWN: &str = "down.example.test";
 
 async fn start(s: &Setup, env: &[(&str, &str)]) -> BinProxy {
-    let closed = common::closed_port().await;
-    let toml = s.toml(&[HOST, DOWN], "").replace(
-        &format!("name = \"{DOWN}\"\n"),
-        &format!("name = \"{DOWN}\"\nupstream = \"http://{closed}\"\n"),
-    );
+    let closed = common::closed_port();
+    let toml = s
+        .config(&[HOST, DOWN])
+        .host_set(DOWN, "upstream", format!("http://{closed}"))
+        .toml();
     let path = s.ca.dir.path().join("trackproxy.toml");
     std::fs::write(&path, toml).unwrap();
     BinProxy::start(Some(&path), env).await

@@ -8,8 +8,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::pebble::{Pebble, PebblePlan, names_and_issuer, served_certificate, wait_until};
-use common::{BinProxy, KeyAlg, Proxy, Setup, bind_listeners, raw_plain, status_of, toml_with};
+use common::pebble::{Pebble, PebblePlan, names_and_issuer, served_certificate};
+use common::{
+    BinProxy, KeyAlg, Proxy, Setup, TestConfig, bind_listeners, eventually, raw_plain, status_of,
+};
 
 const A: &str = "url1234.example.test";
 const B: &str = "url5678.example.test";
@@ -19,29 +21,25 @@ const ISSUE: Duration = Duration::from_secs(40);
 
 /// The cache directory of Pebble's directory inside `cache`.
 fn slug_dir(cache: &Path, plan: &PebblePlan) -> std::path::PathBuf {
-    cache.join(trackproxy::tls::acme::directory_dir_name(&plan.directory))
+    cache.join(common::directory_dir_name(&plan.directory))
 }
 
-fn acme_status(proxy: &Proxy, host: &str) -> trackproxy::tls::acme::AcmeStatus {
+fn acme_status(proxy: &Proxy, host: &str) -> common::AcmeStatus {
     proxy.resolver.acme_host(host).unwrap().status()
 }
 
 /// Config with `acme_hosts` over ACME plus `FILES` on a file certificate from the test CA.
-fn config(s: &Setup, plan: &PebblePlan, cache: &Path, acme_hosts: &[&str], acme: &str) -> String {
-    let (cert, key) = s.ca.write_leaf("files", &[FILES], KeyAlg::EcdsaP256);
-    let mut hosts = acme_hosts.to_vec();
-    hosts.push(FILES);
-    toml_with(
-        &hosts,
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[(cert, key)],
-        &plan.acme_toml(cache, "tls-alpn-01", acme),
-    )
+fn config(s: &Setup, plan: &PebblePlan, cache: &Path, acme_hosts: &[&str]) -> TestConfig {
+    let files = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .hosts(acme_hosts)
+        .host(FILES)
+        .certificate(s.ca.write_leaf("files", &[FILES], KeyAlg::EcdsaP256));
+    plan.acme(files, cache, "tls-alpn-01")
 }
 
 /// Pebble validating against `listeners`: TLS-ALPN-01 on the HTTPS one, HTTP-01 on the other.
-async fn pebble_validating(plan: PebblePlan, listeners: &trackproxy::server::Listeners) -> Pebble {
+async fn pebble_validating(plan: PebblePlan, listeners: &common::Listeners) -> Pebble {
     let port = |l: &tokio::net::TcpListener| l.local_addr().unwrap().port();
     Pebble::start(plan, port(&listeners.https), port(&listeners.http)).await
 }
@@ -51,7 +49,7 @@ async fn tls_alpn_01_issues_a_certificate_that_serves_tracked_links() {
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(&s, &plan, cache.path(), &[A], "");
+    let toml = config(&s, &plan, cache.path(), &[A]).toml();
     let listeners = bind_listeners().await;
     let (https, http) = (
         listeners.https.local_addr().unwrap(),
@@ -61,7 +59,10 @@ async fn tls_alpn_01_issues_a_certificate_that_serves_tracked_links() {
     let proxy = Proxy::start_on(listeners, &toml);
     // The file-certificate host is served at once; the ACME host once issued.
     assert!(proxy.resolver.knows(FILES));
-    wait_until("the certificate for A", ISSUE, || proxy.resolver.knows(A)).await;
+    eventually("the certificate for A", ISSUE, async || {
+        proxy.resolver.knows(A)
+    })
+    .await;
 
     let root = pebble.root_pem().await;
     let leaf = served_certificate(&root, https, A).await.unwrap();
@@ -130,21 +131,16 @@ async fn http_01_is_answered_before_redirects_and_never_forwarded() {
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let (cert, key) = s.ca.write_leaf("files", &[FILES], KeyAlg::EcdsaP256);
-    let toml = toml_with(
-        &[A, FILES],
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[(cert, key)],
-        &format!(
-            "[server]\nhttp_mode = \"redirect\"\n{}",
-            plan.acme_toml(cache.path(), "http-01", "")
-        ),
-    );
+    let files = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .hosts(&[A, FILES])
+        .certificate(s.ca.write_leaf("files", &[FILES], KeyAlg::EcdsaP256))
+        .set("server.http_mode", "redirect");
+    let toml = plan.acme(files, cache.path(), "http-01").toml();
     let listeners = bind_listeners().await;
     let http = listeners.http.local_addr().unwrap();
     // Pebble's TLS-ALPN-01 port is closed: only HTTP-01 can succeed.
-    let pebble = Pebble::start(plan, common::pebble::free_tcp_port(), http.port()).await;
+    let pebble = Pebble::start(plan, common::unused_port(), http.port()).await;
     let proxy = Proxy::start_on(listeners, &toml);
 
     // Unknown tokens: 404 from the proxy, never the upstream, never a redirect.
@@ -155,7 +151,10 @@ async fn http_01_is_answered_before_redirects_and_never_forwarded() {
     };
     let raw = raw_plain(http, get(A).as_bytes()).await;
     assert_eq!(status_of(&raw), 404, "{raw}");
-    wait_until("the certificate for A", ISSUE, || proxy.resolver.knows(A)).await;
+    eventually("the certificate for A", ISSUE, async || {
+        proxy.resolver.knows(A)
+    })
+    .await;
     assert_eq!(pebble.orders(), 1);
     let raw = raw_plain(http, get(A).as_bytes()).await;
     assert_eq!(status_of(&raw), 404, "{raw}");
@@ -181,12 +180,12 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(&s, &plan, cache.path(), &[A, B], "");
+    let toml = config(&s, &plan, cache.path(), &[A, B]).toml();
     let listeners = bind_listeners().await;
     let https = listeners.https.local_addr().unwrap();
     let pebble = pebble_validating(plan, &listeners).await;
     let proxy = Proxy::start_on(listeners, &toml);
-    wait_until("certificates for A and B", ISSUE, || {
+    eventually("certificates for A and B", ISSUE, async || {
         proxy.resolver.knows(A) && proxy.resolver.knows(B)
     })
     .await;
@@ -202,11 +201,15 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
     // Restart on new ports with the same cache: both served at once, from the cache.
     let proxy = Proxy::start(&toml).await;
     assert!(proxy.resolver.knows(A) && proxy.resolver.knows(B));
-    wait_until("both host tasks scheduled", Duration::from_secs(10), || {
-        [A, B]
-            .iter()
-            .all(|h| acme_status(&proxy, h).next_attempt.is_some())
-    })
+    eventually(
+        "both host tasks scheduled",
+        Duration::from_secs(10),
+        async || {
+            [A, B]
+                .iter()
+                .all(|h| acme_status(&proxy, h).next_attempt.is_some())
+        },
+    )
     .await;
     assert_eq!(served_certificate(&root, proxy.https, A).await.unwrap(), a);
     assert_eq!(served_certificate(&root, proxy.https, B).await.unwrap(), b);
@@ -214,20 +217,15 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
 
     // Reload: C is added (only C is ordered: Pebble validates on the first proxy's ports, so
     // this proxy cannot pass validation; the attempt itself is what counts), B is removed.
-    let toml2 = config(
-        &s,
-        &pebble.plan,
-        cache.path(),
-        &[A, C],
-        "backoff_initial = \"1h\"",
-    );
-    proxy.reload(&toml2).await.unwrap();
+    let config2 =
+        config(&s, &pebble.plan, cache.path(), &[A, C]).set("tls.acme.backoff_initial", "1h");
+    proxy.reload(&config2.toml()).await.unwrap();
     assert!(
         !proxy.resolver.knows(B),
         "a removed host gets no certificate"
     );
     assert!(proxy.resolver.knows(A));
-    wait_until("the order for C", ISSUE, || {
+    eventually("the order for C", ISSUE, async || {
         acme_status(&proxy, C).failures == 1
     })
     .await;
@@ -239,7 +237,7 @@ async fn each_host_has_its_own_certificate_a_warm_restart_orders_nothing_and_rel
     assert_eq!(served_certificate(&root, proxy.https, A).await.unwrap(), a);
 
     // A configuration with a problem changes nothing.
-    let bad = toml2.replace("[tls.acme]", "[tls.acme]\nchallenge_typo = 1");
+    let bad = config2.set("tls.acme.challenge_typo", 1).toml();
     let err = proxy.reload(&bad).await.unwrap_err();
     assert!(err.to_string().contains("tls.acme.challenge_typo"), "{err}");
     assert!(proxy.resolver.knows(A) && proxy.resolver.knows(FILES));
@@ -251,13 +249,15 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(&s, &plan, cache.path(), &[A, B], "backoff_initial = \"1h\"");
+    let toml = config(&s, &plan, cache.path(), &[A, B])
+        .set("tls.acme.backoff_initial", "1h")
+        .toml();
     let listeners = bind_listeners().await;
     let pebble = pebble_validating(plan, &listeners).await;
     // B's name does not point at us: validation connects to 127.0.0.2, where nothing listens.
     pebble.add_a(B, "127.0.0.2").await;
     let proxy = Proxy::start_on(listeners, &toml);
-    wait_until("A issued and B failed", ISSUE, || {
+    eventually("A issued and B failed", ISSUE, async || {
         proxy.resolver.knows(A) && acme_status(&proxy, B).failures == 1
     })
     .await;
@@ -276,10 +276,10 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert_eq!(json["failures"], 1);
     // Pebble's log is read by another thread: wait for it to show both orders.
-    wait_until(
+    eventually(
         "Pebble's log shows both orders",
         Duration::from_secs(10),
-        || pebble.orders() >= 2,
+        async || pebble.orders() >= 2,
     )
     .await;
     let orders = pebble.orders();
@@ -288,7 +288,7 @@ async fn a_failed_validation_for_one_host_leaves_the_others_served_and_backs_off
 
     // A restart (a crash loop) does not order B again before its back-off ends.
     let proxy = Proxy::start(&toml).await;
-    wait_until("B scheduled", Duration::from_secs(10), || {
+    eventually("B scheduled", Duration::from_secs(10), async || {
         acme_status(&proxy, B).next_attempt.is_some()
     })
     .await;
@@ -305,10 +305,8 @@ async fn a_failed_renewal_keeps_serving_the_cached_certificate() {
     // No CA at all: the directory's port is closed.
     let s = Setup::new().await;
     let cache = tempfile::tempdir().unwrap();
-    let directory = format!("https://127.0.0.1:{}/dir", common::pebble::free_tcp_port());
-    let dir = cache
-        .path()
-        .join(trackproxy::tls::acme::directory_dir_name(&directory));
+    let directory = format!("https://127.0.0.1:{}/dir", common::unused_port());
+    let dir = cache.path().join(common::directory_dir_name(&directory));
     std::fs::create_dir_all(&dir).unwrap();
     // A cached certificate two thirds through its life: due for renewal.
     let (chain, key) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -70, 20);
@@ -316,20 +314,17 @@ async fn a_failed_renewal_keeps_serving_the_cached_certificate() {
     // An expired one is not served (and does not count as ready).
     let (chain, key) = s.ca.issue_with(&[B], KeyAlg::EcdsaP256, -100, -10);
     std::fs::write(dir.join(format!("{B}.pem")), format!("{key}\n{chain}")).unwrap();
-    let toml = toml_with(
-        &[A, B],
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[],
-        &format!(
-            "\n[tls.acme]\ndirectory = {directory:?}\ncache_dir = {:?}\nbackoff_initial = \"1h\"\n",
-            cache.path().display().to_string()
-        ),
-    );
+    let toml = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .hosts(&[A, B])
+        .set("tls.acme.directory", &directory)
+        .set("tls.acme.cache_dir", cache.path())
+        .set("tls.acme.backoff_initial", "1h")
+        .toml();
     let proxy = Proxy::start(&toml).await;
     assert!(proxy.resolver.knows(A));
     assert!(!proxy.resolver.knows(B));
-    wait_until("the failed renewal", Duration::from_secs(20), || {
+    eventually("the failed renewal", Duration::from_secs(20), async || {
         acme_status(&proxy, A).failures == 1 && acme_status(&proxy, B).failures == 1
     })
     .await;
@@ -360,7 +355,7 @@ async fn a_certificate_due_for_renewal_is_renewed_and_swapped_in() {
     std::fs::create_dir_all(&dir).unwrap();
     let (chain, key) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -70, 20);
     std::fs::write(dir.join(format!("{A}.pem")), format!("{key}\n{chain}")).unwrap();
-    let toml = config(&s, &plan, cache.path(), &[A], "");
+    let toml = config(&s, &plan, cache.path(), &[A]).toml();
     let listeners = bind_listeners().await;
     let https = listeners.https.local_addr().unwrap();
     let pebble = pebble_validating(plan, &listeners).await;
@@ -368,11 +363,10 @@ async fn a_certificate_due_for_renewal_is_renewed_and_swapped_in() {
     // Served from the cache at once, then replaced by the renewal without a restart.
     assert!(proxy.resolver.knows(A));
     let root = pebble.root_pem().await;
-    let deadline = tokio::time::Instant::now() + ISSUE;
-    while served_certificate(&root, https, A).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "not renewed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the renewed certificate", ISSUE, async || {
+        served_certificate(&root, https, A).await
+    })
+    .await;
     let info = proxy.resolver.acme_host(A).unwrap().certificate().unwrap();
     assert!(info.issuer.contains("Pebble"), "{}", info.issuer);
     assert_eq!(pebble.orders(), 1);
@@ -389,13 +383,10 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(
-        &s,
-        &plan,
-        cache.path(),
-        &[A, B],
-        "backoff_initial = \"1s\"\nbackoff_max = \"2s\"",
-    );
+    let toml = config(&s, &plan, cache.path(), &[A, B])
+        .set("tls.acme.backoff_initial", "1s")
+        .set("tls.acme.backoff_max", "2s")
+        .toml();
     let file = cache.path().join("trackproxy.toml");
     std::fs::write(&file, &toml).unwrap();
     let proxy = BinProxy::start(Some(&file), &[]).await;
@@ -415,7 +406,7 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
             v["message"] == "ACME order failed" && v["host"] == host && v["event"] == "failed"
         })
     };
-    wait_until("a logged failure", Duration::from_secs(20), || {
+    eventually("a logged failure", Duration::from_secs(20), async || {
         failed(&proxy, A)
     })
     .await;
@@ -425,19 +416,12 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
     let root = pebble.root_pem().await;
     let https = proxy.https;
     for host in [A, B] {
-        let deadline = tokio::time::Instant::now() + ISSUE;
-        loop {
-            if let Ok(leaf) = served_certificate(&root, https, host).await {
-                assert_eq!(names_and_issuer(&leaf).0, [host]);
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{host} not issued: {:#?}",
-                proxy.log_lines()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let leaf = eventually(&format!("{host} issued"), ISSUE, async || {
+            let served = served_certificate(&root, https, host).await;
+            served.map_err(|e| (e.to_string(), proxy.log_lines()))
+        })
+        .await;
+        assert_eq!(names_and_issuer(&leaf).0, [host]);
     }
     let issued = proxy
         .log_lines()
@@ -456,14 +440,18 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
     let proxy = BinProxy::start(Some(&file), &[]).await;
     assert_eq!(served_certificate(&root, proxy.https, A).await.unwrap(), a);
     assert!(served_certificate(&root, proxy.https, B).await.is_ok());
-    wait_until("both hosts scheduled", Duration::from_secs(10), || {
-        proxy
-            .log_lines()
-            .iter()
-            .filter(|l| l.contains("next ACME order scheduled"))
-            .count()
-            == 2
-    })
+    eventually(
+        "both hosts scheduled",
+        Duration::from_secs(10),
+        async || {
+            proxy
+                .log_lines()
+                .iter()
+                .filter(|l| l.contains("next ACME order scheduled"))
+                .count()
+                == 2
+        },
+    )
     .await;
     assert_eq!(pebble.orders(), orders);
     assert!(!failed(&proxy, A));
@@ -476,18 +464,13 @@ async fn an_unwritable_cache_dir_is_a_clear_configuration_error() {
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, "x").unwrap();
     let cache = blocker.join("acme");
-    let toml = toml_with(
-        &[A],
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[],
-        &format!(
-            "\n[tls.acme]\ndirectory = \"https://127.0.0.1:1/dir\"\ncache_dir = {:?}\n",
-            cache.display().to_string()
-        ),
-    );
+    let config = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .host(A)
+        .set("tls.acme.directory", "https://127.0.0.1:1/dir")
+        .set("tls.acme.cache_dir", &cache);
     let file = dir.path().join("trackproxy.toml");
-    std::fs::write(&file, &toml).unwrap();
+    std::fs::write(&file, config.toml()).unwrap();
     for cmd in ["check-config", "serve"] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackproxy"))
             .args([cmd, "--config"])
@@ -512,7 +495,7 @@ async fn an_unwritable_cache_dir_is_a_clear_configuration_error() {
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
     if std::fs::write(ro.join("probe"), "x").is_err() {
-        let toml = toml.replace(&*cache.to_string_lossy(), &ro.to_string_lossy());
+        let toml = config.set("tls.acme.cache_dir", &ro).toml();
         let err = Proxy::try_start(&toml)
             .await
             .err()
@@ -533,11 +516,13 @@ async fn hosts_ordering_together_on_a_new_account_register_it_once_and_all_get_c
     let s = Setup::new().await;
     let plan = PebblePlan::new();
     let cache = tempfile::tempdir().unwrap();
-    let toml = config(&s, &plan, cache.path(), &names, "backoff_initial = \"1h\"");
+    let toml = config(&s, &plan, cache.path(), &names)
+        .set("tls.acme.backoff_initial", "1h")
+        .toml();
     let listeners = bind_listeners().await;
     let pebble = pebble_validating(plan, &listeners).await;
     let proxy = Proxy::start_on(listeners, &toml);
-    wait_until("every host issued or failed", ISSUE, || {
+    eventually("every host issued or failed", ISSUE, async || {
         names
             .iter()
             .all(|h| proxy.resolver.knows(h) || acme_status(&proxy, h).failures > 0)

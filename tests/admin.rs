@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ const HOST2: &str = "url99.example.test";
 #[tokio::test]
 async fn healthz_readyz_and_unknown_paths() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let (status, _, body) = admin_get(proxy.admin, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, ct, body) = admin_get(proxy.admin, "/readyz").await;
@@ -40,7 +42,7 @@ async fn healthz_readyz_and_unknown_paths() {
 #[tokio::test]
 async fn counters_move_by_exactly_the_requests_sent() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST, HOST2], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST, HOST2])).await;
     let before = scrape(proxy.admin).await;
     // Every fixed series is there from the start, at zero.
     for (name, labels) in [
@@ -170,20 +172,17 @@ async fn counters_move_by_exactly_the_requests_sent() {
     assert_eq!(upstream_count, 6.0, "{}", after.text);
     // Request latency is observed when the body ends, just after the client has read it:
     // wait for the last one, then it must be exact.
-    let mut total_latency = 0.0;
-    for _ in 0..200 {
+    let total_latency = eventually("9 request latencies", Duration::from_secs(5), async || {
         let m = scrape(proxy.admin).await;
-        total_latency = m.histogram_count("trackproxy_request_duration_seconds", &[("host", HOST)])
+        let total = m.histogram_count("trackproxy_request_duration_seconds", &[("host", HOST)])
             + m.histogram_count("trackproxy_request_duration_seconds", &[("host", HOST2)])
             + m.histogram_count(
                 "trackproxy_request_duration_seconds",
                 &[("host", "(unknown)")],
             );
-        if total_latency >= 9.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        if total >= 9.0 { Ok(total) } else { Err(total) }
+    })
+    .await;
     assert_eq!(total_latency, 9.0);
     // Two TLS connections are still open (the HTTP/2 and the refused one may still be
     // closing).
@@ -194,14 +193,11 @@ async fn counters_move_by_exactly_the_requests_sent() {
 #[tokio::test]
 async fn upstream_errors_are_counted_by_kind() {
     let s = Setup::new().await;
-    let closed = common::closed_port().await;
-    let toml = common::toml_with(
-        &[HOST],
-        &format!("http://{closed}"),
-        &s.ca.ca_file,
-        &[s.ca.write_leaf("proxy", &[HOST], common::KeyAlg::EcdsaP256)],
-        "",
-    );
+    let closed = common::closed_port();
+    let toml = s
+        .config(&[HOST])
+        .set("upstream.url", format!("http://{closed}"))
+        .toml();
     let proxy = Proxy::start(&toml).await;
     let c = client(&s.ca, &proxy, &[HOST], false);
     for _ in 0..2 {
@@ -234,7 +230,7 @@ async fn upstream_errors_are_counted_by_kind() {
 #[tokio::test]
 async fn readyz_is_503_until_every_host_has_a_certificate() {
     let s = Setup::new().await;
-    let app = Proxy::build(&s.toml(&[HOST], "")).unwrap();
+    let app = Proxy::build(&s.toml(&[HOST])).unwrap();
     let resolver = app.resolver().clone();
     let served: HashMap<String, _> = [(HOST.to_owned(), resolver.lookup(HOST).unwrap())].into();
     // Start with no certificate at all (as before ACME has issued one).
@@ -270,22 +266,24 @@ async fn readyz_is_503_until_every_host_has_a_certificate() {
 #[tokio::test]
 async fn readyz_fails_during_drain_while_traffic_still_flows() {
     let s = Setup::new().await;
-    let mut proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\ndrain_delay = \"3s\"\nshutdown_grace = \"5s\"\n",
-    ))
+    let mut proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.drain_delay", "3s")
+            .set("server.shutdown_grace", "5s")
+            .toml(),
+    )
     .await;
     assert_eq!(admin_get(proxy.admin, "/readyz").await.0, 200);
     proxy.signal_shutdown();
-    let mut body = String::new();
-    for _ in 0..200 {
-        let (status, _, b) = admin_get(proxy.admin, "/readyz").await;
-        if status == 503 {
-            body = b;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let body = eventually(
+        "/readyz answering 503",
+        Duration::from_secs(2),
+        async || {
+            let (status, _, body) = admin_get(proxy.admin, "/readyz").await;
+            if status == 503 { Ok(body) } else { Err(status) }
+        },
+    )
+    .await;
     assert_eq!(body, "{\"ready\":false,\"reason\":\"draining\"}\n");
     // Still serving during drain_delay.
     let c = client(&s.ca, &proxy, &[HOST], false);
@@ -308,8 +306,8 @@ async fn readyz_fails_during_drain_while_traffic_still_flows() {
 #[tokio::test]
 async fn proxies_in_one_process_keep_their_counters_apart() {
     let s = Setup::new().await;
-    let a = Proxy::start(&s.toml(&[HOST], "")).await;
-    let b = Proxy::start(&s.toml(&[HOST], "")).await;
+    let a = Proxy::start(&s.toml(&[HOST])).await;
+    let b = Proxy::start(&s.toml(&[HOST])).await;
     let ca = client(&s.ca, &a, &[HOST], false);
     for _ in 0..3 {
         ca.get(format!("https://{HOST}/wf/open"))

@@ -259,7 +259,7 @@ async fn serve_with_file_certificate_answers_curl_with_upstream_302() {
     let s = Setup::new().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("trackproxy.toml");
-    std::fs::write(&cfg, s.toml(&[HOST], "")).unwrap();
+    std::fs::write(&cfg, s.toml(&[HOST])).unwrap();
     let mut p = BinProxy::start(Some(&cfg), &[]).await;
     let port = p.https.port();
     let (out, err, ok) = common::curl(&[
@@ -295,7 +295,7 @@ async fn hundred_megabyte_post_streams_in_bounded_memory() {
     let s = Setup::new().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("trackproxy.toml");
-    std::fs::write(&cfg, s.toml(&[HOST], "")).unwrap();
+    std::fs::write(&cfg, s.toml(&[HOST])).unwrap();
     let p = BinProxy::start(Some(&cfg), &[]).await;
     const CHUNK: usize = 256 * 1024;
     const CHUNKS: usize = 400; // 100 MiB

@@ -16,7 +16,7 @@ const HOST: &str = "url1234.example.test";
 #[tokio::test]
 async fn http2_rapid_reset_flood_gets_goaway() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let tcp = tokio::net::TcpStream::connect(proxy.https).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(s.ca.client_config(&[b"h2"]))
         .connect(rustls::pki_types::ServerName::try_from(HOST).unwrap(), tcp)
@@ -81,10 +81,12 @@ async fn http2_rapid_reset_flood_gets_goaway() {
 #[tokio::test]
 async fn idle_connections_are_closed() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\"\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.idle_timeout", "1s")
+            .set("server.header_read_timeout", "1s")
+            .toml(),
+    )
     .await;
     // HTTP/2: GOAWAY and close after ~1-2 s without traffic
     let tcp = tokio::net::TcpStream::connect(proxy.https).await.unwrap();
@@ -119,7 +121,12 @@ async fn idle_connections_are_closed() {
 #[tokio::test]
 async fn silent_clients_are_dropped_by_the_handshake_timeout() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "[server]\nhandshake_timeout = \"1s\"\n")).await;
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.handshake_timeout", "1s")
+            .toml(),
+    )
+    .await;
     // connects and never sends a ClientHello
     let mut tcp = tokio::net::TcpStream::connect(proxy.https).await.unwrap();
     let mut buf = [0u8; 16];
@@ -129,7 +136,12 @@ async fn silent_clients_are_dropped_by_the_handshake_timeout() {
         .unwrap_or(0);
     assert_eq!(n, 0);
     // plain HTTP: a request head that never completes is dropped by header_read_timeout
-    let proxy2 = Proxy::start(&s.toml(&[HOST], "[server]\nheader_read_timeout = \"1s\"\n")).await;
+    let proxy2 = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.header_read_timeout", "1s")
+            .toml(),
+    )
+    .await;
     let mut tcp = tokio::net::TcpStream::connect(proxy2.http).await.unwrap();
     tcp.write_all(b"GET / HTTP/1.1\r\nHost: ").await.unwrap();
     let mut out = Vec::new();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::dns::{self, Dnsmasq};
 use common::website::Website;
-use common::{KeyAlg, LANDING, Proxy, TestCa, Upstream, closed_port, toml_with};
+use common::{KeyAlg, LANDING, Proxy, TestCa, TestConfig, Upstream, closed_port};
 use serde_json::Value;
 
 const HOST: &str = "url1234.example.test";
@@ -77,7 +77,7 @@ impl World {
     async fn start(spec: Spec) -> World {
         let ca = TestCa::new();
         let upstream = Upstream::start_with_names(&ca, &["localhost", ESP]).await;
-        let down = closed_port().await;
+        let down = closed_port();
         let upstream_port = if spec.upstream_down {
             down.port()
         } else {
@@ -106,14 +106,11 @@ impl World {
         let site = Website::start(&ca, &[SITE, &format!("www.{SITE}")], &headers).await;
 
         let proxy_upstream = format!("https://localhost:{upstream_port}");
+        let proxy_config = TestConfig::new(&proxy_upstream)
+            .upstream_ca(&ca.ca_file)
+            .host(spec.proxy_host);
         let proxy_toml = if spec.self_signed {
-            toml_with(
-                &[spec.proxy_host],
-                &proxy_upstream,
-                &ca.ca_file,
-                &[],
-                "[tls]\nself_signed = true\n",
-            )
+            proxy_config.set("tls.self_signed", true).toml()
         } else {
             let (cert, key) = ca.issue_with(
                 &[spec.proxy_host],
@@ -121,14 +118,9 @@ impl World {
                 spec.cert_days.0,
                 spec.cert_days.1,
             );
-            let files = ca.write_files("proxy", &cert, &key);
-            toml_with(
-                &[spec.proxy_host],
-                &proxy_upstream,
-                &ca.ca_file,
-                &[files],
-                "",
-            )
+            proxy_config
+                .certificate(ca.write_files("proxy", &cert, &key))
+                .toml()
         };
         let proxy = Proxy::start(&proxy_toml).await;
 

@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use common::{GIF, LANDING, Proxy, Setup, raw_plain, raw_tls, status_of};
+use common::{GIF, LANDING, Proxy, Setup, TestConfig, raw_plain, raw_tls, status_of};
 use http_body_util::{BodyExt, Full};
 
 const HOST: &str = "url1234.example.test";
@@ -29,7 +27,7 @@ fn tricky_targets() -> Vec<String> {
 #[tokio::test]
 async fn http1_click_redirect_and_headers_pass_through_untouched() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let target = "/ls/click?upn=u001.abc%2Fdef%2Bghi%3D%3D";
     let raw = raw_tls(
         &s.ca,
@@ -88,7 +86,7 @@ async fn http1_click_redirect_and_headers_pass_through_untouched() {
 #[tokio::test]
 async fn http1_targets_reach_upstream_byte_for_byte() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     for target in tricky_targets() {
         let raw = raw_tls(
             &s.ca,
@@ -121,7 +119,7 @@ async fn http1_targets_reach_upstream_byte_for_byte() {
 #[tokio::test]
 async fn http2_targets_reach_upstream_byte_for_byte_over_http11() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let mut h2 = common::h2_connect(&s.ca, proxy.https, HOST).await;
     for target in tricky_targets() {
         let req = http::Request::builder()
@@ -159,7 +157,7 @@ async fn http2_targets_reach_upstream_byte_for_byte_over_http11() {
 #[tokio::test]
 async fn reqwest_http1_and_http2_clients() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     for http2 in [false, true] {
         let c = common::client(&s.ca, &proxy, &[HOST], http2);
         let base = format!("https://{HOST}:{}", proxy.https.port());
@@ -206,7 +204,7 @@ async fn reqwest_http1_and_http2_clients() {
 #[tokio::test]
 async fn default_port_is_dropped_from_host() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let raw = raw_tls(
         &s.ca,
         proxy.https,
@@ -225,7 +223,7 @@ async fn default_port_is_dropped_from_host() {
 #[tokio::test]
 async fn streamed_post_body_reaches_upstream() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let c = common::client(&s.ca, &proxy, &[HOST], false);
     const CHUNK: usize = 64 * 1024;
     const CHUNKS: usize = 160; // 10 MiB, sent chunked (no Content-Length)
@@ -247,8 +245,12 @@ async fn streamed_post_body_reaches_upstream() {
 #[tokio::test]
 async fn x_forwarded_for_from_trusted_peer_is_extended() {
     let s = Setup::new().await;
-    let proxy =
-        Proxy::start(&s.toml(&[HOST], "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n")).await;
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.trusted_proxies", ["127.0.0.0/8"])
+            .toml(),
+    )
+    .await;
     let raw = raw_plain(
         proxy.http,
         format!("GET /wf/open HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n")
@@ -266,7 +268,7 @@ async fn x_forwarded_for_from_trusted_peer_is_extended() {
 #[tokio::test]
 async fn plain_http_redirect_mode() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "[server]\nhttp_mode = \"redirect\"\n")).await;
+    let proxy = Proxy::start(&s.config(&[HOST]).set("server.http_mode", "redirect").toml()).await;
     let raw = raw_plain(
         proxy.http,
         format!("GET /ls/click?upn=a%2Fb HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n")
@@ -286,13 +288,10 @@ async fn plain_http_redirect_mode() {
 async fn per_host_upstream() {
     let s = Setup::new().await;
     let other = common::Upstream::start_plain().await;
-    let toml = s.toml(&[HOST], "").replace(
-        "[[hosts]]\nname = \"url1234.example.test\"\n",
-        &format!(
-            "[[hosts]]\nname = \"url1234.example.test\"\nupstream = \"{}\"\n",
-            other.url
-        ),
-    );
+    let toml = s
+        .config(&[HOST])
+        .host_set(HOST, "upstream", &other.url)
+        .toml();
     let proxy = Proxy::start(&toml).await;
     let raw = raw_tls(
         &s.ca,
@@ -310,7 +309,7 @@ async fn per_host_upstream() {
 #[tokio::test]
 async fn curl_http1_and_http2_get_the_upstream_302() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let port = proxy.https.port();
     let resolve = format!("{HOST}:{port}:127.0.0.1");
     let url = format!("https://{HOST}:{port}/ls/click?upn=abc%2Fdef%2B%3D%3D&x=a+b");
@@ -357,16 +356,16 @@ async fn curl_http1_and_http2_get_the_upstream_302() {
 #[tokio::test]
 async fn upstream_failures_are_502_and_504() {
     let ca = common::TestCa::new();
-    let (cert, key) = ca.write_leaf("p", &[HOST], common::KeyAlg::EcdsaP256);
+    let files = ca.write_leaf("p", &[HOST], common::KeyAlg::EcdsaP256);
+    let config = |upstream: &str| {
+        TestConfig::new(upstream)
+            .upstream_ca(&ca.ca_file)
+            .host(HOST)
+            .certificate(files.clone())
+    };
     // refused
-    let closed = common::closed_port().await;
-    let toml = common::toml_with(
-        &[HOST],
-        &format!("https://localhost:{}", closed.port()),
-        &ca.ca_file,
-        &[(cert.clone(), key.clone())],
-        "",
-    );
+    let closed = common::closed_port();
+    let toml = config(&format!("https://localhost:{}", closed.port())).toml();
     let proxy = Proxy::start(&toml).await;
     let raw = raw_tls(
         &ca,
@@ -382,13 +381,7 @@ async fn upstream_failures_are_502_and_504() {
 
     // the upstream's certificate does not match its name (verification is on)
     let up = common::Upstream::start(&ca).await;
-    let toml = common::toml_with(
-        &[HOST],
-        &format!("https://127.0.0.1:{}", up.addr.port()),
-        &ca.ca_file,
-        &[(cert.clone(), key.clone())],
-        "",
-    );
+    let toml = config(&format!("https://127.0.0.1:{}", up.addr.port())).toml();
     let proxy = Proxy::start(&toml).await;
     let raw = raw_tls(
         &ca,
@@ -402,17 +395,7 @@ async fn upstream_failures_are_502_and_504() {
     proxy.stop().await;
 
     // the upstream's CA is not trusted (no ca_file)
-    let toml = common::toml_with(
-        &[HOST],
-        &up.url,
-        &ca.ca_file,
-        &[(cert.clone(), key.clone())],
-        "",
-    )
-    .replace(
-        &format!("ca_file = {:?}\n", ca.ca_file.display().to_string()),
-        "",
-    );
+    let toml = config(&up.url).unset("upstream.ca_file").toml();
     let proxy = Proxy::start(&toml).await;
     let raw = raw_tls(
         &ca,
@@ -426,8 +409,9 @@ async fn upstream_failures_are_502_and_504() {
     proxy.stop().await;
 
     // too slow
-    let toml = common::toml_with(&[HOST], &up.url, &ca.ca_file, &[(cert, key)], "")
-        .replace("response_timeout = \"5s\"", "response_timeout = \"300ms\"");
+    let toml = config(&up.url)
+        .set("upstream.response_timeout", "300ms")
+        .toml();
     let proxy = Proxy::start(&toml).await;
     let raw = raw_tls(
         &ca,
@@ -453,7 +437,7 @@ async fn upstream_failures_are_502_and_504() {
 #[tokio::test]
 async fn pooled_upstream_connections_are_reused() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let c = common::client(&s.ca, &proxy, &[HOST], false);
     for _ in 0..20 {
         let res = c
@@ -473,6 +457,5 @@ async fn pooled_upstream_connections_are_reused() {
         1,
         "sequential requests share one upstream connection"
     );
-    tokio::time::sleep(Duration::from_millis(10)).await;
     proxy.stop().await;
 }

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,17 +25,14 @@ async fn parked(proxy: &Proxy) -> f64 {
         .value("trackproxy_parked_connections", &[])
 }
 
-/// Waits (bounded) until `want` connections are parked.
+/// Waits until `want` connections are parked.
 async fn wait_parked(proxy: &Proxy, want: f64) {
-    let mut last = -1.0;
-    for _ in 0..100 {
-        last = parked(proxy).await;
-        if last == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("trackproxy_parked_connections stayed {last}, expected {want}");
+    let what = format!("trackproxy_parked_connections = {want}");
+    eventually(&what, Duration::from_secs(10), async || {
+        let now = parked(proxy).await;
+        if now == want { Ok(()) } else { Err(now) }
+    })
+    .await;
 }
 
 fn get(path: &str) -> String {
@@ -43,7 +42,7 @@ fn get(path: &str) -> String {
 #[tokio::test]
 async fn idle_tls_http1_connections_park_and_keep_serving() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
 
     // The first response out, the connection parks at once (most clicks make one request).
@@ -106,7 +105,12 @@ async fn idle_tls_http1_connections_park_and_keep_serving() {
 #[tokio::test]
 async fn parked_connections_are_closed_after_the_keep_alive_wait() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "[server]\nheader_read_timeout = \"2s\"\n")).await;
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.header_read_timeout", "2s")
+            .toml(),
+    )
+    .await;
     let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
     let (status, _, _) = h1_exchange(&mut c, &get("/wf/open?upn=1")).await;
     assert_eq!(status, 200);
@@ -130,7 +134,7 @@ async fn parked_connections_are_closed_after_the_keep_alive_wait() {
 #[tokio::test]
 async fn plain_http_parks_and_http2_prior_knowledge_still_works() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
 
     // Plain HTTP/1.1 (no ALPN: the first bytes decide).
     let mut c = tokio::net::TcpStream::connect(proxy.http).await.unwrap();

@@ -17,10 +17,12 @@ fn request(path: &str) -> String {
 #[tokio::test]
 async fn client_address_survives_haproxy_v2_and_v1() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\nproxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.proxy_protocol", "required")
+            .set("server.trusted_proxies", ["127.0.0.1/32"])
+            .toml(),
+    )
     .await;
     let lb = HaProxy::start(
         &[
@@ -84,10 +86,12 @@ async fn client_address_survives_haproxy_v2_and_v1() {
 #[tokio::test]
 async fn untrusted_or_garbage_proxy_headers_close_only_that_connection() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\nproxy_protocol = \"optional\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.proxy_protocol", "optional")
+            .set("server.trusted_proxies", ["127.0.0.1/32"])
+            .toml(),
+    )
     .await;
     let before = s.upstream.count();
     // an untrusted peer (127.0.0.2) claiming another address: refused
@@ -140,10 +144,12 @@ async fn untrusted_or_garbage_proxy_headers_close_only_that_connection() {
 #[tokio::test]
 async fn required_mode_refuses_direct_clients() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\nproxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.proxy_protocol", "required")
+            .set("server.trusted_proxies", ["127.0.0.1/32"])
+            .toml(),
+    )
     .await;
     let raw = raw_plain_from("127.0.0.2", proxy.http, request("/wf/open").as_bytes()).await;
     assert_eq!(raw, "");
@@ -159,11 +165,13 @@ async fn required_mode_refuses_direct_clients() {
 #[tokio::test]
 async fn client_address_survives_an_l7_balancer() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
-         [limits]\nper_client_rps = 0.001\nper_client_burst = 2\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.trusted_proxies", ["127.0.0.1/32"])
+            .set("limits.per_client_rps", 0.001)
+            .set("limits.per_client_burst", 2)
+            .toml(),
+    )
     .await;
     let lb = HaProxy::start(
         &[Route {
@@ -214,11 +222,11 @@ async fn access_log_names_the_client_behind_haproxy() {
     let cfg = dir.path().join("trackproxy.toml");
     std::fs::write(
         &cfg,
-        s.toml(
-            &[HOST],
-            "[server]\nproxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-        )
-        .replace("level = \"debug\"", "level = \"info\""),
+        s.config(&[HOST])
+            .set("server.proxy_protocol", "required")
+            .set("server.trusted_proxies", ["127.0.0.1/32"])
+            .set("log.level", "info")
+            .toml(),
     )
     .unwrap();
     let bin = common::BinProxy::start(Some(&cfg), &[]).await;

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::eventually;
+
 use std::time::Duration;
 
 use common::haproxy::{HaProxy, Route};
@@ -25,10 +27,12 @@ fn url(path: &str) -> String {
 async fn a_noisy_client_gets_429_with_retry_after_while_another_ip_gets_200() {
     let s = Setup::new().await;
     // One token per 100 s: nothing refills while the test runs.
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[limits]\nper_client_rps = 0.01\nper_client_burst = 3\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("limits.per_client_rps", 0.01)
+            .set("limits.per_client_burst", 3)
+            .toml(),
+    )
     .await;
     let noisy = client_from(&s.ca, &proxy, &[HOST], "127.0.0.1");
     for _ in 0..3 {
@@ -80,10 +84,13 @@ async fn a_noisy_client_gets_429_with_retry_after_while_another_ip_gets_200() {
 #[tokio::test]
 async fn allowed_networks_are_never_limited() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[limits]\nper_client_rps = 0.01\nper_client_burst = 1\nallow = [\"127.0.0.3/32\"]\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("limits.per_client_rps", 0.01)
+            .set("limits.per_client_burst", 1)
+            .set("limits.allow", ["127.0.0.3/32"])
+            .toml(),
+    )
     .await;
     let allowed = client_from(&s.ca, &proxy, &[HOST], "127.0.0.3");
     for _ in 0..10 {
@@ -98,7 +105,12 @@ async fn allowed_networks_are_never_limited() {
 #[tokio::test]
 async fn per_client_connection_cap_closes_extra_connections_before_tls() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "[limits]\nper_client_connections = 2\n")).await;
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("limits.per_client_connections", 2)
+            .toml(),
+    )
+    .await;
     let cfg = s.ca.client_config(&[b"http/1.1"]);
     let mut a = tls_connect_with(cfg.clone(), "127.0.0.1", proxy.https, HOST)
         .await
@@ -147,22 +159,19 @@ async fn per_client_connection_cap_closes_extra_connections_before_tls() {
 
     // Closing one frees its slot (the server notices the close asynchronously).
     drop(a);
-    let mut reconnected = None;
-    for _ in 0..100 {
-        if let Ok(conn) = tls_connect_with(cfg.clone(), "127.0.0.1", proxy.https, HOST).await {
-            reconnected = Some(conn);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut d = reconnected.expect("a slot frees up once a connection closes");
+    let mut d = eventually(
+        "a slot freed up by the closed connection",
+        Duration::from_secs(5),
+        async || tls_connect_with(cfg.clone(), "127.0.0.1", proxy.https, HOST).await,
+    )
+    .await;
     assert_eq!(h1_exchange(&mut d, &req).await.0, 200);
 }
 
 #[tokio::test]
 async fn accepting_pauses_at_max_connections_and_resumes() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "[limits]\nmax_connections = 2\n")).await;
+    let proxy = Proxy::start(&s.config(&[HOST]).set("limits.max_connections", 2).toml()).await;
     let cfg = s.ca.client_config(&[b"http/1.1"]);
     let a = tls_connect_with(cfg.clone(), "127.0.0.1", proxy.https, HOST)
         .await
@@ -201,7 +210,7 @@ async fn accepting_pauses_at_max_connections_and_resumes() {
 #[tokio::test]
 async fn requests_past_max_in_flight_are_shed_with_503_at_once() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "[limits]\nmax_in_flight = 2\n")).await;
+    let proxy = Proxy::start(&s.config(&[HOST]).set("limits.max_in_flight", 2).toml()).await;
     let client = client_from(&s.ca, &proxy, &[HOST], "127.0.0.1");
     let slow: Vec<_> = (0..2)
         .map(|_| {
@@ -210,13 +219,12 @@ async fn requests_past_max_in_flight_are_shed_with_503_at_once() {
         })
         .collect();
     // Both slow requests are at the upstream: the in-flight budget is used up.
-    for _ in 0..500 {
-        if s.upstream.count() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(s.upstream.count(), 2);
+    eventually(
+        "both slow requests at the upstream",
+        Duration::from_secs(5),
+        async || s.upstream.count() == 2,
+    )
+    .await;
     let m = scrape(proxy.admin).await;
     assert_eq!(m.value("trackproxy_in_flight_requests", &[]), 2.0);
 
@@ -251,11 +259,14 @@ async fn requests_past_max_in_flight_are_shed_with_503_at_once() {
 async fn behind_haproxy_the_limit_follows_the_proxy_protocol_client() {
     let s = Setup::new().await;
     // HAProxy connects from 127.0.0.1 for everyone: only the PROXY header tells clients apart.
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\nproxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
-         [limits]\nper_client_rps = 0.01\nper_client_burst = 2\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.proxy_protocol", "required")
+            .set("server.trusted_proxies", ["127.0.0.1/32"])
+            .set("limits.per_client_rps", 0.01)
+            .set("limits.per_client_burst", 2)
+            .toml(),
+    )
     .await;
     let lb = HaProxy::start(
         &[Route {

@@ -8,8 +8,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::pebble::wait_until;
-use common::{BinProxy, KeyAlg, Setup, tls_connect, toml_with};
+use common::{BinProxy, KeyAlg, Setup, TestConfig, eventually, tls_connect};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
@@ -28,9 +27,14 @@ fn count(p: &BinProxy, message: &str) -> usize {
 #[tokio::test]
 async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_config() {
     let s = Setup::new().await;
-    let (cert, key) = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
-    let certs = [(cert, key)];
-    let toml = |hosts: &[&str]| toml_with(hosts, &s.upstream.url, &s.ca.ca_file, &certs, "");
+    let both = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
+    let toml = |hosts: &[&str]| {
+        TestConfig::new(&s.upstream.url)
+            .upstream_ca(&s.ca.ca_file)
+            .hosts(hosts)
+            .certificate(both.clone())
+            .toml()
+    };
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("trackproxy.toml");
     std::fs::write(&file, toml(&[A])).unwrap();
@@ -56,7 +60,7 @@ async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_confi
     // Add B.
     std::fs::write(&file, toml(&[A, B])).unwrap();
     proxy.signal("HUP").await;
-    wait_until("the reload", Duration::from_secs(10), || {
+    eventually("the reload", Duration::from_secs(10), async || {
         count(&proxy, "configuration reloaded") == 1
     })
     .await;
@@ -75,7 +79,7 @@ async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_confi
     )
     .unwrap();
     proxy.signal("HUP").await;
-    wait_until("the rejection", Duration::from_secs(10), || {
+    eventually("the rejection", Duration::from_secs(10), async || {
         count(&proxy, "configuration reload rejected") == 1
     })
     .await;
@@ -94,7 +98,7 @@ async fn sighup_adds_and_removes_hosts_keeps_connections_and_rejects_a_bad_confi
     // Remove A: new handshakes for A are refused; the process keeps running.
     std::fs::write(&file, toml(&[B])).unwrap();
     proxy.signal("HUP").await;
-    wait_until("the second reload", Duration::from_secs(10), || {
+    eventually("the second reload", Duration::from_secs(10), async || {
         count(&proxy, "configuration reloaded") == 2
     })
     .await;
@@ -132,13 +136,12 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
     let s = Setup::new().await;
     let (pem1, key1) = s.ca.issue_with(&[A], KeyAlg::EcdsaP256, -1, 30);
     let (cert, key) = s.ca.write_files("rotating", &pem1, &key1);
-    let toml = toml_with(
-        &[A],
-        &s.upstream.url,
-        &s.ca.ca_file,
-        &[(cert.clone(), key.clone())],
-        "[tls]\nwatch_interval = \"100ms\"\n",
-    );
+    let toml = TestConfig::new(&s.upstream.url)
+        .upstream_ca(&s.ca.ca_file)
+        .host(A)
+        .certificate((cert.clone(), key.clone()))
+        .set("tls.watch_interval", "100ms")
+        .toml();
     let proxy = common::Proxy::start(&toml).await;
     assert_eq!(served_leaf(&s, proxy.https).await, der_of(&pem1));
     let mut open = tls_connect(&s.ca, proxy.https, A).await.unwrap();
@@ -155,15 +158,12 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
     replace(&key, &key2);
     replace(&cert, &pem2);
     let want = der_of(&pem2);
-    let mut rotated = false;
-    for _ in 0..100 {
-        if served_leaf(&s, proxy.https).await == want {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(rotated, "the new certificate was not served within 5 s");
+    eventually(
+        "the new certificate served",
+        Duration::from_secs(10),
+        async || served_leaf(&s, proxy.https).await == want,
+    )
+    .await;
     let second_expiry = expiry(&common::metrics::scrape(proxy.admin).await);
     assert!(
         second_expiry > first_expiry + 20.0 * 86_400.0,
@@ -195,9 +195,14 @@ async fn rotated_certificate_files_are_served_without_a_restart() {
 #[tokio::test]
 async fn hosts_added_by_a_reload_get_their_own_metrics() {
     let s = Setup::new().await;
-    let (cert, key) = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
-    let certs = [(cert, key)];
-    let toml = |hosts: &[&str]| toml_with(hosts, &s.upstream.url, &s.ca.ca_file, &certs, "");
+    let both = s.ca.write_leaf("both", &[A, B], KeyAlg::EcdsaP256);
+    let toml = |hosts: &[&str]| {
+        TestConfig::new(&s.upstream.url)
+            .upstream_ca(&s.ca.ca_file)
+            .hosts(hosts)
+            .certificate(both.clone())
+            .toml()
+    };
     let proxy = common::Proxy::start(&toml(&[A])).await;
     proxy.reload(&toml(&[A, B])).await.unwrap();
     let mut tls = tls_connect(&s.ca, proxy.https, B).await.unwrap();

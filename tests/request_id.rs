@@ -14,7 +14,7 @@ const HOST: &str = "url1234.example.test";
 #[tokio::test]
 async fn request_ids_round_trip_to_the_upstream_and_back() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let c = client(&s.ca, &proxy, &[HOST], false);
     let url = format!("https://{HOST}/ls/click?upn=x");
 
@@ -59,7 +59,7 @@ async fn request_ids_round_trip_to_the_upstream_and_back() {
 #[tokio::test]
 async fn http2_and_local_answers_carry_an_id_too() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let mut h2 = common::h2_connect(&s.ca, proxy.https, HOST).await;
     let req = http::Request::get(format!("https://{HOST}/wf/open"))
         .header("x-request-id", "h2-id")

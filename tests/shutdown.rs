@@ -7,14 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, Setup, raw_tls, status_of};
+use common::{Proxy, Setup, eventually, raw_tls, status_of};
 
 const HOST: &str = "url1234.example.test";
 
 #[tokio::test]
 async fn in_flight_request_completes_and_new_connections_are_refused() {
     let s = Setup::new().await;
-    let mut proxy = Proxy::start(&s.toml(&[HOST], "[server]\nshutdown_grace = \"10s\"\n")).await;
+    let mut proxy =
+        Proxy::start(&s.config(&[HOST]).set("server.shutdown_grace", "10s").toml()).await;
     let https = proxy.https;
     let ca_req = format!("GET /slow?ms=1500 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
     let in_flight = {
@@ -29,17 +30,19 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
         })
     };
     // wait until the upstream has the request, then signal
-    for _ in 0..200 {
-        if s.upstream.connections() > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the request at the upstream",
+        Duration::from_secs(5),
+        async || s.upstream.connections() > 0,
+    )
+    .await;
     assert_eq!(s.upstream.connections(), 1);
     proxy.signal_shutdown();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // listener closed: new connections are refused
-    assert!(tokio::net::TcpStream::connect(https).await.is_err());
+    eventually("the listener closed", Duration::from_secs(2), async || {
+        tokio::net::TcpStream::connect(https).await.is_err()
+    })
+    .await;
     let raw = tokio::time::timeout(Duration::from_secs(10), in_flight)
         .await
         .unwrap()
@@ -58,7 +61,8 @@ async fn in_flight_request_completes_and_new_connections_are_refused() {
 #[tokio::test]
 async fn idle_keep_alive_connections_do_not_delay_shutdown() {
     let s = Setup::new().await;
-    let mut proxy = Proxy::start(&s.toml(&[HOST], "[server]\nshutdown_grace = \"20s\"\n")).await;
+    let mut proxy =
+        Proxy::start(&s.config(&[HOST]).set("server.shutdown_grace", "20s").toml()).await;
     // an idle HTTP/1.1 keep-alive connection and an idle HTTP/2 connection
     let mut h1 = common::tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
     {

@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{KeyAlg, Proxy, Setup, TestCa, raw_plain, raw_tls, status_of};
+use common::{KeyAlg, Proxy, Setup, TestCa, TestConfig, raw_plain, raw_tls, status_of};
 use http_body_util::Full;
 
 const HOST: &str = "url1234.example.test";
@@ -15,7 +15,7 @@ const OTHER: &str = "url5678.example.test";
 #[tokio::test]
 async fn unknown_or_missing_sni_is_refused() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     // A certificate exists for this name from the same CA, but the host is not configured.
     let err = common::tls_connect(&s.ca, proxy.https, "not-configured.example.test")
         .await
@@ -58,7 +58,7 @@ async fn unknown_or_missing_sni_is_refused() {
 #[tokio::test]
 async fn host_must_match_sni_and_be_configured() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST, OTHER], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST, OTHER])).await;
     let req = |host: &str| {
         format!("GET /ls/click?upn=x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
     };
@@ -107,7 +107,7 @@ async fn host_must_match_sni_and_be_configured() {
 #[tokio::test]
 async fn connect_and_absolute_form_for_other_hosts_are_refused() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let connect =
         b"CONNECT sendgrid.net:443 HTTP/1.1\r\nHost: sendgrid.net:443\r\nConnection: close\r\n\r\n";
     let raw = raw_plain(proxy.http, connect).await;
@@ -135,10 +135,12 @@ async fn connect_and_absolute_form_for_other_hosts_are_refused() {
 #[tokio::test]
 async fn oversized_or_too_many_headers_get_431() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(
-        &[HOST],
-        "[server]\nmax_header_bytes = 16384\nmax_headers = 50\n",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("server.max_header_bytes", 16384)
+            .set("server.max_headers", 50)
+            .toml(),
+    )
     .await;
     let big = "a".repeat(20 * 1024);
     let req =
@@ -173,7 +175,13 @@ async fn rsa_ed25519_ecdsa_and_wildcard_certificates() {
         "url1.wild.example.test",
         "url2.wild.example.test",
     ];
-    let toml = common::toml_with(&hosts, &up.url, &ca.ca_file, &[rsa, ed, wild], "");
+    let toml = TestConfig::new(&up.url)
+        .upstream_ca(&ca.ca_file)
+        .hosts(&hosts)
+        .certificate(rsa)
+        .certificate(ed)
+        .certificate(wild)
+        .toml();
     let proxy = Proxy::start(&toml).await;
     for h in hosts {
         let raw = raw_tls(
@@ -198,7 +206,7 @@ async fn rsa_ed25519_ecdsa_and_wildcard_certificates() {
 #[tokio::test]
 async fn tls_versions_and_alpn() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     for (version, name) in [
         (&rustls::version::TLS12, "TLSv1_2"),
         (&rustls::version::TLS13, "TLSv1_3"),

@@ -22,7 +22,7 @@ const HOST: &str = "url1234.example.test";
 #[tokio::test]
 async fn bodies_of_many_records_pass_intact_over_http1_and_http2() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     for http2 in [false, true] {
         let c = client(&s.ca, &proxy, &[HOST], http2);
         // 1 MiB up: 64 full TLS records and more, read by the proxy in pieces.
@@ -170,7 +170,7 @@ async fn trickling_client(ca: &TestCa, addr: SocketAddr, chunk: usize, request: 
 #[tokio::test]
 async fn session_tickets_go_out_with_the_first_response() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let cfg = s.ca.client_config(&[b"http/1.1"]);
     let mut c = RawClient::connect_with(cfg.clone(), proxy.https).await;
     c.handshake().await;
@@ -224,7 +224,7 @@ async fn session_tickets_go_out_with_the_first_response() {
 #[tokio::test]
 async fn bytes_arriving_a_few_at_a_time_make_a_handshake_and_a_request() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let request =
         format!("GET /ls/click?upn=trickle HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
     for chunk in [7, 100] {
@@ -257,7 +257,7 @@ where
 #[tokio::test]
 async fn connections_close_with_close_notify_both_ways() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
 
     // The server closes (`Connection: close`): its close_notify comes before its FIN, so the
     // client's TLS library reports a clean end, not a truncation.
@@ -285,7 +285,7 @@ async fn connections_close_with_close_notify_both_ways() {
 #[tokio::test]
 async fn a_corrupted_record_is_answered_with_an_alert_and_nothing_is_forwarded() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let mut c = RawClient::connect(&s.ca, proxy.https).await;
     c.handshake().await;
     let request = format!("GET /ls/click?upn=corrupt HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
@@ -332,7 +332,7 @@ async fn a_corrupted_record_is_answered_with_an_alert_and_nothing_is_forwarded()
 #[tokio::test]
 async fn tls12_carries_multi_record_bodies_and_resumes() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(s.ca.der()).unwrap();
     let mut cfg = rustls::ClientConfig::builder_with_provider(common::provider())

@@ -7,21 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, Setup, TestCa, Upstream, h1_exchange, tls_connect};
+use common::{Proxy, Setup, TestCa, Upstream, eventually, h1_exchange, tls_connect};
 
 const HOST: &str = "url1234.example.test";
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n")
-}
-
-/// `s.toml` with more `[upstream]` keys.
-fn with_upstream_keys(toml: &str, keys: &str) -> String {
-    toml.replacen(
-        "response_timeout = \"5s\"\n",
-        &format!("response_timeout = \"5s\"\n{keys}\n"),
-        1,
-    )
 }
 
 #[tokio::test]
@@ -30,7 +21,7 @@ async fn connections_the_upstream_closes_while_pooled_are_not_used() {
     // An upstream that closes keep-alive connections idle for 200 ms, like real servers.
     let upstream = Upstream::start_closing_idle_after(&ca, Duration::from_millis(200)).await;
     let s = Setup { ca, upstream };
-    let proxy = Proxy::start(&s.toml(&[HOST], "")).await;
+    let proxy = Proxy::start(&s.toml(&[HOST])).await;
     let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
     for n in 0..3 {
         let (status, head, _) = h1_exchange(&mut c, &get(&format!("/wf/open?upn={n}"))).await;
@@ -46,10 +37,11 @@ async fn connections_the_upstream_closes_while_pooled_are_not_used() {
 #[tokio::test]
 async fn idle_upstream_connections_are_closed_after_pool_idle_timeout() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&with_upstream_keys(
-        &s.toml(&[HOST], ""),
-        "pool_idle_timeout = \"1s\"",
-    ))
+    let proxy = Proxy::start(
+        &s.config(&[HOST])
+            .set("upstream.pool_idle_timeout", "1s")
+            .toml(),
+    )
     .await;
     let mut c = tls_connect(&s.ca, proxy.https, HOST).await.unwrap();
     for path in ["/wf/open?upn=1", "/ls/click?upn=2"] {
@@ -71,11 +63,7 @@ async fn idle_upstream_connections_are_closed_after_pool_idle_timeout() {
 #[tokio::test]
 async fn at_most_pool_max_idle_connections_are_kept() {
     let s = Setup::new().await;
-    let proxy = Proxy::start(&with_upstream_keys(
-        &s.toml(&[HOST], ""),
-        "pool_max_idle = 2",
-    ))
-    .await;
+    let proxy = Proxy::start(&s.config(&[HOST]).set("upstream.pool_max_idle", 2).toml()).await;
     let c = common::client(&s.ca, &proxy, &[HOST], true);
     let url = |n: u32| format!("https://{HOST}:{}/slow?ms=300&n={n}", proxy.https.port());
     // 4 requests at once need 4 upstream connections; 2 of them stay pooled.
@@ -90,7 +78,13 @@ async fn at_most_pool_max_idle_connections_are_kept() {
             }
         });
         futures_util::future::join_all(all).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Back in the pool: 2 kept, the upstream sees the other 2 closed.
+        eventually(
+            "2 upstream connections left open",
+            Duration::from_secs(5),
+            async || s.upstream.open_connections() == 2,
+        )
+        .await;
     }
     assert_eq!(s.upstream.count(), 8);
     assert_eq!(

@@ -53,7 +53,7 @@ impl Dnsmasq {
     }
 
     async fn try_start(records: &[String]) -> Result<Self, Vec<String>> {
-        let port = free_port();
+        let port = super::unused_udp_tcp_port();
         let dir = tempfile::tempdir().unwrap();
         // Debian installs it in /usr/sbin, which is not on every user's PATH.
         let program = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
@@ -127,9 +127,4 @@ impl Dnsmasq {
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
     }
-}
-
-/// A loopback port free for both UDP and TCP right now.
-fn free_port() -> u16 {
-    super::unused_port(true)
 }

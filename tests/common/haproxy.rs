@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::eventually;
+
 /// One frontend → backend pair.
 #[derive(Default)]
 pub struct Route {
@@ -37,11 +39,6 @@ impl Drop for HaProxy {
     }
 }
 
-/// A loopback port nothing listens on right now (see [`super::unused_port`]).
-pub async fn free_port() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], super::unused_port(false)))
-}
-
 impl HaProxy {
     pub async fn start(routes: &[Route], extra_global: &str) -> HaProxy {
         let dir = tempfile::tempdir().unwrap();
@@ -51,7 +48,7 @@ impl HaProxy {
              defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n"
         );
         for (i, r) in routes.iter().enumerate() {
-            let fe = free_port().await;
+            let fe = super::unused_addr();
             frontends.push(fe);
             let mode = if r.http { "http" } else { "tcp" };
             cfg.push_str(&format!(
@@ -86,21 +83,19 @@ impl HaProxy {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        // ready when every frontend accepts connections (bounded wait)
+        // ready when every frontend accepts connections
         for fe in &frontends {
-            let mut ok = false;
-            for _ in 0..200 {
-                if TcpStream::connect(fe).await.is_ok() {
-                    ok = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            assert!(
-                ok,
-                "haproxy did not listen on {fe}: {}",
-                std::fs::read_to_string(dir.path().join("haproxy.log")).unwrap_or_default()
-            );
+            eventually(
+                &format!("haproxy listening on {fe}"),
+                Duration::from_secs(5),
+                async || {
+                    TcpStream::connect(fe).await.map(drop).map_err(|e| {
+                        let log = std::fs::read_to_string(dir.path().join("haproxy.log"));
+                        (e.to_string(), log.unwrap_or_default())
+                    })
+                },
+            )
+            .await;
         }
         HaProxy {
             child,

@@ -23,17 +23,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
-use super::{KeyAlg, TestCa, provider};
-
-/// A loopback TCP port nothing listens on right now (see [`super::unused_port`]).
-pub fn free_tcp_port() -> u16 {
-    super::unused_port(false)
-}
-
-/// A loopback port free for both UDP and TCP (DNS uses both).
-fn free_dns_port() -> u16 {
-    super::unused_port(true)
-}
+use super::{KeyAlg, TestCa, TestConfig, eventually, provider, unused_port, unused_udp_tcp_port};
 
 /// Everything the proxy's configuration needs before Pebble runs: the directory URL and the
 /// root of Pebble's HTTPS certificate. Pebble itself starts with [`Pebble::start`].
@@ -58,14 +48,14 @@ impl PebblePlan {
         let (cert, key) =
             api_ca.write_leaf("pebble-api", &["localhost", "127.0.0.1"], KeyAlg::EcdsaP256);
         let dir = tempfile::tempdir().unwrap();
-        let listen = free_tcp_port();
+        let listen = unused_port();
         PebblePlan {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             ca_file: api_ca.ca_file.clone(),
             listen,
-            management: free_tcp_port(),
-            dns: free_dns_port(),
-            dns_management: free_tcp_port(),
+            management: unused_port(),
+            dns: unused_udp_tcp_port(),
+            dns_management: unused_port(),
             cert,
             key,
             dir,
@@ -73,15 +63,14 @@ impl PebblePlan {
         }
     }
 
-    /// A `[tls.acme]` section for this Pebble; `extra` lines are added to it.
-    pub fn acme_toml(&self, cache_dir: &Path, challenge: &str, extra: &str) -> String {
-        format!(
-            "\n[tls.acme]\ndirectory = {:?}\ncontact = [\"mailto:ops@example.test\"]\n\
-             cache_dir = {:?}\nchallenge = {challenge:?}\nca_file = {:?}\n{extra}\n",
-            self.directory,
-            cache_dir.display().to_string(),
-            self.ca_file.display().to_string(),
-        )
+    /// `config` with a `[tls.acme]` section for this Pebble.
+    pub fn acme(&self, config: TestConfig, cache_dir: &Path, challenge: &str) -> TestConfig {
+        config
+            .set("tls.acme.directory", &self.directory)
+            .set("tls.acme.contact", ["mailto:ops@example.test"])
+            .set("tls.acme.cache_dir", cache_dir)
+            .set("tls.acme.challenge", challenge)
+            .set("tls.acme.ca_file", &self.ca_file)
     }
 }
 
@@ -184,16 +173,15 @@ impl Pebble {
         // Ready when its API, its management interface and the DNS server's management
         // interface accept connections (the log line can come before the sockets).
         for port in [p.plan.listen, p.plan.management, p.plan.dns_management] {
-            let mut tries = 0;
-            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                tries += 1;
-                assert!(
-                    tries < 200,
-                    "port {port} of pebble not ready: {:?}",
-                    p.log()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            eventually(
+                &format!("port {port} of pebble"),
+                Duration::from_secs(10),
+                async || {
+                    let connect = TcpStream::connect(("127.0.0.1", port)).await;
+                    connect.map(drop).map_err(|e| (e.to_string(), p.log()))
+                },
+            )
+            .await;
         }
         p
     }
@@ -308,16 +296,4 @@ pub fn names_and_issuer(der: &CertificateDer<'_>) -> (Vec<String>, String) {
         })
         .unwrap_or_default();
     (names, cert.issuer().to_string())
-}
-
-/// Polls `check` every 100 ms until it holds; panics with `what` after `limit`.
-pub async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
