@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 const HOST: &str = "url1234.example.test";
 
 /// Listeners on `[::]:0` (dual-stack: IPv4 clients are accepted too, as IPv4-mapped IPv6).
-async fn dual_stack_listeners() -> trackproxy::server::Listeners {
-    trackproxy::server::Listeners {
+async fn dual_stack_listeners() -> common::Listeners {
+    common::Listeners {
         https: TcpListener::bind("[::]:0").await.unwrap(),
         http: TcpListener::bind("[::]:0").await.unwrap(),
         admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -34,11 +34,13 @@ async fn ipv4_mapped_clients_match_trusted_proxies_and_limits_allow_alike() {
     assert!(listeners.https.local_addr().unwrap().is_ipv6());
     let proxy = Proxy::start_on(
         listeners,
-        &s.toml(
-            &[HOST],
-            "[server]\nproxy_protocol = \"optional\"\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
-             [limits]\nper_client_rps = 1\nper_client_burst = 1\nallow = [\"127.0.0.0/8\"]\n",
-        ),
+        &s.config(&[HOST])
+            .set("server.proxy_protocol", "optional")
+            .set("server.trusted_proxies", ["127.0.0.0/8"])
+            .set("limits.per_client_rps", 1)
+            .set("limits.per_client_burst", 1)
+            .set("limits.allow", ["127.0.0.0/8"])
+            .toml(),
     );
     let (https, http) = (v4(proxy.https), v4(proxy.http));
 

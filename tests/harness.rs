@@ -84,7 +84,7 @@ fn test_config_renders_what_the_proxy_reads() {
     assert_eq!(cfg.tls.certificates.len(), 1);
     assert_eq!(cfg.tls.certificates[0].cert, cert);
     assert_eq!(cfg.tls.certificates[0].key, key);
-    assert_eq!(cfg.server.trusted_proxies.len(), 2);
+    assert_eq!(cfg.server.trusted_proxies.networks().len(), 2);
     assert_eq!(cfg.limits.per_client_rps, 0.5);
     assert_eq!(cfg.limits.max_connections, 7);
     assert_eq!(cfg.log.level, "info");
