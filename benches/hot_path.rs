@@ -19,8 +19,8 @@ use std::net::IpAddr;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, Request, Version};
 use trackproxy::bench_api;
+use trackproxy::bench_api::Routes;
 use trackproxy::config::{Source, load_with_env};
-use trackproxy::forward::Routes;
 
 const HOST: &str = "url1234.example.com";
 

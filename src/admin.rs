@@ -26,11 +26,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info_span};
 
-use crate::telemetry::metrics::{Metrics, Snapshot};
+use crate::metrics::{Metrics, Snapshot};
 use crate::tls::SniResolver;
 
 /// Content type of the Prometheus text format.
-pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Admin connections served at once; more are closed (the endpoint is for a few scrapers and
 /// probes, not for traffic).
@@ -39,32 +39,32 @@ const MAX_CONNECTIONS: usize = 64;
 /// Whether the proxy should get traffic: flipped by `serve` as it starts and when shutdown
 /// begins.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     listening: AtomicBool,
     draining: AtomicBool,
 }
 
 impl Health {
     /// The accept loops run.
-    pub fn set_listening(&self) {
+    pub(crate) fn set_listening(&self) {
         self.listening.store(true, Ordering::Release);
     }
 
     /// Shutdown has begun: `/readyz` fails from now on.
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
     /// Whether shutdown has begun.
     #[must_use]
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 }
 
 /// The readiness verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     /// Send traffic.
     Ready,
     /// The accept loops are not running yet.
@@ -78,7 +78,7 @@ pub enum Readiness {
 impl Readiness {
     /// The verdict for `hosts` served with `resolver`.
     #[must_use]
-    pub fn check(health: &Health, hosts: &[String], resolver: &SniResolver) -> Self {
+    pub(crate) fn check(health: &Health, hosts: &[String], resolver: &SniResolver) -> Self {
         if health.is_draining() {
             return Readiness::Draining;
         }
@@ -124,7 +124,7 @@ impl Readiness {
 }
 
 /// Everything the admin endpoints read.
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// Start/drain state.
     pub health: Arc<Health>,
     /// The configured hosts (each needs a certificate to be ready); replaced on reload.
@@ -148,7 +148,7 @@ impl std::fmt::Debug for AdminState {
 impl AdminState {
     /// Answers one admin request.
     #[must_use]
-    pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    pub(crate) fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             let mut res = respond(
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -17,13 +17,14 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState, Health};
 use crate::config::{self, Config};
 use crate::forward::{self, Forward, ForwardSettings};
-use crate::middleware::load_shed::InFlight;
-use crate::middleware::rate_limit::ClientLimiter;
+use crate::limits::connections::ConnLimits;
+use crate::limits::in_flight::InFlight;
+use crate::limits::rate::ClientLimiter;
+use crate::logging;
+use crate::metrics::{Metrics, Snapshot};
 use crate::middleware::{self, StackState};
 use crate::reload::{self, ReloadRequest, Reloader};
-use crate::server::conn_limit::ConnLimits;
 use crate::server::{self, Kind, Listeners, Server};
-use crate::telemetry::{self, metrics::Metrics, metrics::Snapshot};
 use crate::tls::acme::{self, AcmeHosts};
 use crate::tls::watch::CertWatch;
 use crate::tls::{self, CertInfo, Certs, SniResolver};
@@ -145,7 +146,7 @@ impl App {
         Reloader::new(self.reload_tx.clone())
     }
 
-    /// This proxy's metrics (its own recorder: see [`telemetry::metrics`]).
+    /// This proxy's metrics (its own recorder: see [`metrics`](crate::metrics)).
     #[must_use]
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -298,7 +299,7 @@ fn admin_state(
             in_flight: state.in_flight.current(),
             upstream_connections_opened: forward.upstream_connections(),
             rate_limit_clients: state.limiter.clients(),
-            log_lines_dropped: telemetry::dropped_log_lines(),
+            log_lines_dropped: logging::dropped_log_lines(),
         }),
     })
 }

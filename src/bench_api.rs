@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue, Request};
 
+pub use crate::forward::Routes;
+
 use crate::error::ProxyError;
 use crate::forward::headers;
 

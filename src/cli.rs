@@ -162,7 +162,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Probe(args) => probe_command(&args),
         Command::Doctor(args) => doctor_command(&args),
         Command::Certs(args) => {
-            crate::telemetry::init_cli();
+            crate::logging::init_cli();
             load(&args).map_or_else(
                 |code| code,
                 |cfg| {
@@ -198,7 +198,7 @@ fn probe_command(args: &ProbeArgs) -> ExitCode {
 /// `trackproxy doctor`: 0 when no check failed, 1 when one did or the checks could not
 /// start, 64 on a usage or configuration error.
 fn doctor_command(args: &DoctorArgs) -> ExitCode {
-    crate::telemetry::init_cli();
+    crate::logging::init_cli();
     let cfg = match load(&args.config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -228,7 +228,7 @@ pub fn load(args: &ConfigArg) -> Result<Config, ExitCode> {
 }
 
 fn check_config(args: &ConfigArg) -> ExitCode {
-    crate::telemetry::init_cli();
+    crate::logging::init_cli();
     let cfg = match load(args) {
         Ok(c) => c,
         Err(code) => return code,

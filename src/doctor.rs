@@ -30,9 +30,9 @@
 //! - [`report`]: the checklist and its JSON form.
 
 mod checks;
-pub mod dns;
-pub mod probe;
-pub mod report;
+pub(crate) mod dns;
+pub(crate) mod probe;
+pub(crate) mod report;
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
@@ -46,7 +46,7 @@ use probe::{Prober, RootsError};
 use report::Report;
 
 /// Default of `--ca-domain`: Let's Encrypt's CAA identifier.
-pub const DEFAULT_CA_DOMAIN: &str = "letsencrypt.org";
+pub(crate) const DEFAULT_CA_DOMAIN: &str = "letsencrypt.org";
 
 /// What to check and how: the options of `trackproxy doctor`, as given. [`run`] validates
 /// them against the configuration; the flag each field comes from is named in brackets.
@@ -79,7 +79,7 @@ pub struct Request {
 
 /// How the checks went, once the report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// No check failed (warnings allowed).
     Passed,
     /// At least one check failed.
@@ -88,7 +88,7 @@ pub enum Outcome {
 
 /// Why the checks did not run.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// A value of the request is unusable.
     #[error(transparent)]
     Usage(#[from] UsageError),
@@ -102,7 +102,7 @@ pub enum Error {
 
 /// A request value the doctor cannot use.
 #[derive(Debug, thiserror::Error)]
-pub enum UsageError {
+pub(crate) enum UsageError {
     /// A `HOST` argument is not a host name.
     #[error("{0:?} is not a host name")]
     Host(String),
@@ -151,7 +151,7 @@ pub enum UsageError {
 
 /// One branded host to check.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub(crate) struct Target {
     /// The branded host, lower case.
     pub name: String,
     /// Its upstream (from its `[[hosts]]` entry, or `[upstream] url`).
@@ -162,7 +162,7 @@ pub struct Target {
 
 /// A URL split into what the probes need.
 #[derive(Debug, Clone)]
-pub struct WebUrl {
+pub(crate) struct WebUrl {
     /// Host name or IP literal (no brackets), lower case.
     pub host: String,
     /// Port (default for the scheme when absent).
@@ -211,7 +211,7 @@ impl WebUrl {
 
 /// Everything the checks need, validated.
 #[derive(Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// Hosts to check, in order.
     pub targets: Vec<Target>,
     /// Print JSON.
@@ -242,7 +242,7 @@ impl Options {
     ///
     /// # Errors
     /// The first unusable value.
-    pub fn new(request: &Request, cfg: &Config) -> Result<Options, UsageError> {
+    pub(crate) fn new(request: &Request, cfg: &Config) -> Result<Options, UsageError> {
         let link = request
             .link
             .as_deref()
@@ -324,7 +324,7 @@ impl Options {
 ///
 /// # Errors
 /// When the flag is not a domain name.
-pub fn ca_domain(cfg: &Config, flag: Option<&str>) -> Result<String, UsageError> {
+pub(crate) fn ca_domain(cfg: &Config, flag: Option<&str>) -> Result<String, UsageError> {
     if let Some(f) = flag {
         return config::normalize_host_name(f).ok_or_else(|| UsageError::CaDomain(f.to_owned()));
     }
@@ -341,7 +341,7 @@ pub fn ca_domain(cfg: &Config, flag: Option<&str>) -> Result<String, UsageError>
 /// The CAA issuer domain of a well-known ACME directory URL, e.g.
 /// `https://acme-v02.api.letsencrypt.org/directory` → `letsencrypt.org`.
 #[must_use]
-pub fn ca_domain_for_directory(directory: &str) -> Option<&'static str> {
+pub(crate) fn ca_domain_for_directory(directory: &str) -> Option<&'static str> {
     let uri: Uri = directory.parse().ok()?;
     let host = uri.host()?.to_ascii_lowercase();
     let under = |d: &str| host == d || host.ends_with(&format!(".{d}"));
@@ -363,7 +363,7 @@ pub fn ca_domain_for_directory(directory: &str) -> Option<&'static str> {
 ///
 /// # Errors
 /// When a request value is unusable, or the checks could not start; nothing is printed.
-pub fn run(request: &Request, cfg: &Config) -> Result<Outcome, Error> {
+pub(crate) fn run(request: &Request, cfg: &Config) -> Result<Outcome, Error> {
     let opts = Options::new(request, cfg)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -389,7 +389,7 @@ pub fn run(request: &Request, cfg: &Config) -> Result<Outcome, Error> {
 ///
 /// # Errors
 /// When the DNS resolver cannot be set up.
-pub async fn check_all(opts: &Options) -> Result<Report, dns::SetupError> {
+pub(crate) async fn check_all(opts: &Options) -> Result<Report, dns::SetupError> {
     let dns = dns::Dns::new(opts.dns_server, opts.timeout)?;
     let mut hosts = Vec::new();
     for t in &opts.targets {

@@ -11,13 +11,13 @@
 //!   error bodies).
 //! - [`upstream`]: the pooled client.
 
-pub mod body;
+pub(crate) mod body;
 pub(crate) mod headers;
-pub mod local;
-pub mod upstream;
+pub(crate) mod local;
+pub(crate) mod upstream;
 
-pub use body::{ForwardBody, UpstreamBody, UpstreamTiming};
-pub use local::local_response;
+pub(crate) use body::{ForwardBody, UpstreamBody, UpstreamTiming};
+pub(crate) use local::local_response;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -82,7 +82,7 @@ impl Routes {
 
 /// Settings of the forwarder that can change on reload.
 #[derive(Debug)]
-pub struct ForwardSettings {
+pub(crate) struct ForwardSettings {
     /// Routes by host.
     pub routes: Routes,
     /// Plain-HTTP behaviour.
@@ -94,7 +94,7 @@ pub struct ForwardSettings {
 impl ForwardSettings {
     /// The settings of `cfg`.
     #[must_use]
-    pub fn from_config(cfg: &Config) -> Self {
+    pub(crate) fn from_config(cfg: &Config) -> Self {
         ForwardSettings {
             routes: Routes::from_config(cfg),
             http_mode: cfg.server.http_mode,
@@ -105,7 +105,7 @@ impl ForwardSettings {
 
 /// The innermost tower service: forwards one request.
 #[derive(Clone)]
-pub struct Forward {
+pub(crate) struct Forward {
     shared: Arc<Shared>,
 }
 
@@ -121,7 +121,7 @@ impl Forward {
     /// A forwarder with `settings`, sending through `client`; ACME HTTP-01 challenges of the
     /// hosts in `acme` are answered locally.
     #[must_use]
-    pub fn new(
+    pub(crate) fn new(
         settings: ForwardSettings,
         client: UpstreamClient,
         upstream_connections: Arc<AtomicU64>,
@@ -138,13 +138,13 @@ impl Forward {
     }
 
     /// Replaces routes and settings; requests in flight finish with the old ones.
-    pub fn reload(&self, settings: ForwardSettings) {
+    pub(crate) fn reload(&self, settings: ForwardSettings) {
         self.shared.settings.store(Arc::new(settings));
     }
 
     /// Upstream connections opened so far.
     #[must_use]
-    pub fn upstream_connections(&self) -> u64 {
+    pub(crate) fn upstream_connections(&self) -> u64 {
         self.shared.upstream_connections.load(Ordering::Relaxed)
     }
 }

@@ -17,7 +17,7 @@
 //!   [`error::UpstreamError`], [`error::BindError`]).
 //! - [`config`]: TOML + environment → validated [`config::Config`]; every problem with its key
 //!   and file (`config/` has the reader, the value parsers and the types).
-//! - [`telemetry`]: logging and [`telemetry::metrics`].
+//! - [`telemetry`]: logging and [`metrics`](crate::metrics).
 //! - [`tls`]: everything TLS: the handshake of a new connection (`accept`), the TLS stream,
 //!   the SNI resolver, certificates from files and self-signed ones, which host gets which
 //!   certificate, file watching, and ACME (`tls/acme/`: plan and manager, a host's orders, its
@@ -25,7 +25,7 @@
 //! - [`forward`]: routing by host and the forwarder to the upstream: request and response
 //!   header rules, the pooled upstream client, and the answers trackproxy gives itself.
 //! - [`middleware`]: the tower stack, ordered in one place: request id, access log, rescue
-//!   (errors → responses), rate limit, load shedding.
+//!   (errors → responses), then the rate-limit and load-shedding layers of [`limits`].
 //! - [`server`]: listeners, accept loops, PROXY protocol, connection limits, HTTP/1.1 + HTTP/2
 //!   on a connection, idle timeouts and parking.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and the status page on the admin listener.
@@ -43,21 +43,23 @@
 //! While it runs, a [`Reloader`] (SIGHUP in `main`) swaps in a new configuration: hosts,
 //! routes, file certificates and ACME hosts change without dropping a connection.
 
-pub mod admin;
-pub mod app;
+pub(crate) mod admin;
+pub(crate) mod app;
 #[doc(hidden)]
 pub mod bench_api;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod doctor;
+pub(crate) mod doctor;
 pub mod error;
-pub mod forward;
-pub mod middleware;
-pub mod reload;
-pub mod server;
+pub(crate) mod forward;
+pub(crate) mod limits;
+pub mod logging;
+pub(crate) mod metrics;
+pub(crate) mod middleware;
+pub(crate) mod reload;
+pub(crate) mod server;
 pub mod signals;
-pub mod telemetry;
 pub mod tls;
 
 pub use app::{App, Error, run, serve};

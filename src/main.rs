@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use trackproxy::Listeners;
 use trackproxy::cli::{self, Cli, Command, ConfigArg, EXIT_CONFIG};
-use trackproxy::server::Listeners;
-use trackproxy::{App, signals, telemetry};
+use trackproxy::{App, logging, signals};
 
 fn main() -> ExitCode {
     match Cli::parse().command {
@@ -20,7 +20,7 @@ fn serve(args: &ConfigArg) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let _log = telemetry::init(&cfg.log);
+    let _log = logging::init(&cfg.log);
     let app = match App::build(&cfg) {
         Ok(app) => app,
         Err(e) => {

@@ -7,10 +7,8 @@
 //! - [`load_shed`]: the in-flight limit (503).
 //! - [`Rescue`] (here): every [`ProxyError`] becomes its response.
 
-pub mod access_log;
-pub mod load_shed;
-pub mod rate_limit;
-pub mod request_id;
+pub(crate) mod access_log;
+pub(crate) mod request_id;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,26 +23,26 @@ use tracing::{debug, warn};
 
 use crate::error::{ErrorOrigin, ProxyError};
 use crate::forward::{Forward, ForwardBody, local_response};
-use crate::telemetry::metrics::Metrics;
+use crate::limits::in_flight::{InFlight, LoadShed, LoadShedLayer};
+use crate::limits::rate::{ClientLimiter, RateLimit, RateLimitLayer};
+use crate::metrics::Metrics;
 use access_log::{AccessLog, AccessLogLayer, LoggedBody};
-use load_shed::{InFlight, LoadShed, LoadShedLayer};
-use rate_limit::{ClientLimiter, RateLimit, RateLimitLayer};
 use request_id::{RequestId, RequestIdLayer, RequestIdValue};
 
 /// The body of every response a connection sends.
-pub type ResponseBody = LoggedBody<ForwardBody>;
+pub(crate) type ResponseBody = LoggedBody<ForwardBody>;
 
 /// The service a connection serves: never fails, every error is already a response.
 ///
 /// A concrete type rather than a boxed service: cloning it per request (as the server does)
 /// only bumps reference counts, and its response future is one value on the connection's
 /// stack instead of a heap allocation per request.
-pub type HttpService = RequestId<AccessLog<Rescue<RateLimit<LoadShed<Forward>>>>>;
+pub(crate) type HttpService = RequestId<AccessLog<Rescue<RateLimit<LoadShed<Forward>>>>>;
 
 /// What the stack shares with the rest of the proxy (the admin endpoint reads the limiter and
 /// the in-flight count; the maintenance task evicts stale rate-limit state).
 #[derive(Debug, Clone)]
-pub struct StackState {
+pub(crate) struct StackState {
     /// Metrics of this proxy.
     pub metrics: Metrics,
     /// Per-client token buckets.
@@ -56,7 +54,7 @@ pub struct StackState {
 }
 
 /// Builds the stack around the forwarder. Outermost first.
-pub fn stack(forward: Forward, state: &StackState) -> HttpService {
+pub(crate) fn stack(forward: Forward, state: &StackState) -> HttpService {
     ServiceBuilder::new()
         // First, so that the id is on the request before anything logs, every log line of the
         // request (the access log, the rescue's error lines) is in its span, and every
@@ -79,14 +77,14 @@ pub fn stack(forward: Forward, state: &StackState) -> HttpService {
 
 /// Layer of [`Rescue`].
 #[derive(Debug, Clone)]
-pub struct RescueLayer {
+pub(crate) struct RescueLayer {
     metrics: Metrics,
 }
 
 impl RescueLayer {
     /// A layer counting errors in `metrics`.
     #[must_use]
-    pub fn new(metrics: Metrics) -> Self {
+    pub(crate) fn new(metrics: Metrics) -> Self {
         RescueLayer { metrics }
     }
 }
@@ -106,7 +104,7 @@ impl<S> Layer<S> for RescueLayer {
 /// to the log (client faults and capacity limits at `debug`, upstream faults at `warn`), and a
 /// count in the metrics.
 #[derive(Debug, Clone)]
-pub struct Rescue<S> {
+pub(crate) struct Rescue<S> {
     inner: S,
     metrics: Metrics,
 }
@@ -171,7 +169,7 @@ where
 /// The response for an error, logged (with the request id, so the line can be found even when
 /// `log.level` leaves out the request span).
 #[must_use]
-pub fn rescue(e: &ProxyError, id: Option<&RequestIdValue>) -> Response<ForwardBody> {
+pub(crate) fn rescue(e: &ProxyError, id: Option<&RequestIdValue>) -> Response<ForwardBody> {
     let status = e.status();
     let request_id = id.map(RequestIdValue::as_str);
     match e.origin() {
@@ -200,7 +198,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::telemetry::metrics::Snapshot;
+    use crate::metrics::Snapshot;
 
     #[tokio::test]
     async fn errors_become_responses_and_are_counted() {

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use crate::config::{self, Config};
 use crate::forward::{Forward, ForwardSettings};
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::tls::{self, Certs, SniResolver, acme};
 
 /// Why a reload was not applied; the running configuration stays.

@@ -17,11 +17,10 @@
 //! - `listeners`: binding the configured addresses.
 //! - `context`: what every connection task shares (TLS configuration, HTTP builders, limits).
 //! - `accept`: the accept loops and the steps of a new connection.
-//! - `proxy_protocol`, `conn_limit`: the PROXY header, connection budgets.
+//! - `proxy_protocol`: the PROXY header (connection budgets: [`crate::limits::connections`]).
 //! - `http`: HTTP/1.1 and HTTP/2 on an established connection, parking of idle ones.
 
 mod accept;
-pub mod conn_limit;
 mod context;
 mod http;
 mod listeners;

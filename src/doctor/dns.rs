@@ -21,7 +21,7 @@ const MAX_CHAIN: usize = 10;
 
 /// Failure of one lookup (not an "it does not exist" answer, which is a result).
 #[derive(Debug, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     /// The name is not a valid DNS name.
     #[error("{name:?} is not a valid DNS name")]
     BadName {
@@ -56,7 +56,7 @@ pub enum LookupError {
 
 /// Setting up the resolver failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
+pub(crate) enum SetupError {
     /// `/etc/resolv.conf` could not be read or parsed.
     #[error("reading the system DNS configuration (/etc/resolv.conf)")]
     SystemConf(#[source] NetError),
@@ -67,7 +67,7 @@ pub enum SetupError {
 
 /// The answer to one query.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Records {
+pub(crate) enum Records {
     /// Records of the asked type (CNAMEs a recursive server added are left out).
     Found(Vec<RData>),
     /// `NXDOMAIN`: the name does not exist.
@@ -78,7 +78,7 @@ pub enum Records {
 
 /// Where a name leads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolution {
+pub(crate) struct Resolution {
     /// The name looked up, then each CNAME target in order; lower case, no trailing dot.
     pub chain: Vec<String>,
     /// What the last name of the chain resolved to.
@@ -87,7 +87,7 @@ pub struct Resolution {
 
 /// The end of a CNAME chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// A and AAAA addresses (at least one).
     Addrs(Vec<IpAddr>),
     /// The last name does not exist.
@@ -101,7 +101,7 @@ pub enum End {
 impl Resolution {
     /// The addresses at the end of the chain (empty unless it ended in addresses).
     #[must_use]
-    pub fn addrs(&self) -> &[IpAddr] {
+    pub(crate) fn addrs(&self) -> &[IpAddr] {
         match &self.end {
             End::Addrs(a) => a,
             _ => &[],
@@ -110,7 +110,7 @@ impl Resolution {
 
     /// `a → CNAME b → CNAME c → 192.0.2.1, 2001:db8::1` (or `→ NXDOMAIN`).
     #[must_use]
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut s = self.chain.first().cloned().unwrap_or_default();
         for target in self.chain.iter().skip(1) {
             s.push_str(" → CNAME ");
@@ -132,7 +132,7 @@ impl Resolution {
 
 /// A CAA record, decoded enough to judge it (RFC 8659).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caa {
+pub(crate) struct Caa {
     /// The issuer-critical flag.
     pub critical: bool,
     /// Property tag, lower case (`issue`, `issuewild`, `iodef`, …).
@@ -154,7 +154,7 @@ impl std::fmt::Display for Caa {
 }
 
 /// The resolver with the doctor's time limit.
-pub struct Dns {
+pub(crate) struct Dns {
     resolver: TokioResolver,
     limit: Duration,
     /// Which servers are asked, for messages.
@@ -167,7 +167,7 @@ impl Dns {
     ///
     /// # Errors
     /// When the system configuration cannot be read or the resolver cannot be built.
-    pub fn new(server: Option<SocketAddr>, limit: Duration) -> Result<Dns, SetupError> {
+    pub(crate) fn new(server: Option<SocketAddr>, limit: Duration) -> Result<Dns, SetupError> {
         let (config, mut opts, servers) = if let Some(addr) = server {
             let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
             for c in &mut ns.connections {
@@ -207,7 +207,11 @@ impl Dns {
     ///
     /// # Errors
     /// Timeouts, server failures, invalid names.
-    pub async fn records(&self, name: &str, rtype: RecordType) -> Result<Records, LookupError> {
+    pub(crate) async fn records(
+        &self,
+        name: &str,
+        rtype: RecordType,
+    ) -> Result<Records, LookupError> {
         let fqdn = Name::from_ascii(format!("{}.", name.trim_end_matches('.'))).map_err(|e| {
             LookupError::BadName {
                 name: name.to_owned(),
@@ -254,7 +258,7 @@ impl Dns {
     ///
     /// # Errors
     /// The first lookup that failed (a non-existent name is a result, not an error).
-    pub async fn resolve(&self, name: &str) -> Result<Resolution, LookupError> {
+    pub(crate) async fn resolve(&self, name: &str) -> Result<Resolution, LookupError> {
         let mut current = normalize(name);
         let mut chain = vec![current.clone()];
         loop {
@@ -309,7 +313,7 @@ impl Dns {
     ///
     /// # Errors
     /// When the lookup fails.
-    pub async fn addrs(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
+    pub(crate) async fn addrs(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
         if let Ok(ip) = name.trim_matches(['[', ']']).parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
@@ -322,7 +326,7 @@ impl Dns {
     ///
     /// # Errors
     /// When a lookup fails (CAs refuse to issue then too).
-    pub async fn caa(
+    pub(crate) async fn caa(
         &self,
         host: &str,
         apex: &str,
@@ -360,7 +364,7 @@ impl Dns {
 
 /// Lower case, no trailing dot.
 #[must_use]
-pub fn normalize(name: &str) -> String {
+pub(crate) fn normalize(name: &str) -> String {
     name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
@@ -369,7 +373,7 @@ pub fn normalize(name: &str) -> String {
 /// only if one names `ca`. An unknown property with the critical flag forbids everyone.
 /// Returns the CA domains the set does allow (empty: nobody), or `None` when unrestricted.
 #[must_use]
-pub fn caa_allowed(set: &[Caa]) -> Option<Vec<String>> {
+pub(crate) fn caa_allowed(set: &[Caa]) -> Option<Vec<String>> {
     const KNOWN: [&str; 5] = [
         "issue",
         "issuewild",

@@ -30,7 +30,7 @@ use crate::tls::cert::{self, CertInfo, CertSource};
 
 /// Why a probe did not get an answer.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// Nothing to connect to.
     #[error("no address to connect to")]
     NoAddress,
@@ -93,7 +93,7 @@ pub enum ProbeError {
 
 /// A root file given with `--ca-file` (or `upstream.ca_file`) could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum RootsError {
+pub(crate) enum RootsError {
     /// Unreadable or not PEM.
     #[error("cannot read CA file {path}")]
     Read {
@@ -125,7 +125,7 @@ pub enum RootsError {
 
 /// What a TLS server presented, and whether it verified.
 #[derive(Debug)]
-pub struct Presented {
+pub(crate) struct Presented {
     /// The address that answered.
     pub addr: SocketAddr,
     /// Facts about the leaf, when it parses.
@@ -140,7 +140,7 @@ pub struct Presented {
 
 /// One HTTP answer (head only).
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// Status code.
     pub status: StatusCode,
     /// Response headers.
@@ -150,13 +150,13 @@ pub struct Answer {
 impl Answer {
     /// A header as text, if present and printable.
     #[must_use]
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
 /// TLS client side of the probes: roots, provider and the time limit per step.
-pub struct Prober {
+pub(crate) struct Prober {
     verifier: Arc<WebPkiServerVerifier>,
     connector: TlsConnector,
     limit: Duration,
@@ -174,7 +174,7 @@ impl std::fmt::Debug for Prober {
 ///
 /// # Errors
 /// When a file cannot be read or holds no usable certificate.
-pub fn roots(extra: &[&Path]) -> Result<RootCertStore, RootsError> {
+pub(crate) fn roots(extra: &[&Path]) -> Result<RootCertStore, RootsError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for path in extra {
@@ -203,7 +203,7 @@ impl Prober {
     ///
     /// # Errors
     /// When the verifier cannot be built (no usable roots).
-    pub fn new(roots: RootCertStore, limit: Duration) -> Result<Prober, RootsError> {
+    pub(crate) fn new(roots: RootCertStore, limit: Duration) -> Result<Prober, RootsError> {
         let provider = crate::tls::provider();
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -227,18 +227,15 @@ impl Prober {
         })
     }
 
-    /// The time limit per step.
-    #[must_use]
-    pub fn limit(&self) -> Duration {
-        self.limit
-    }
-
     /// TCP connect to the first of `addrs` that accepts (at most three are tried), each under
     /// the time limit.
     ///
     /// # Errors
     /// The last failure, or [`ProbeError::NoAddress`].
-    pub async fn tcp(&self, addrs: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), ProbeError> {
+    pub(crate) async fn tcp(
+        &self,
+        addrs: &[SocketAddr],
+    ) -> Result<(TcpStream, SocketAddr), ProbeError> {
         let mut last = ProbeError::NoAddress;
         for &addr in addrs.iter().take(3) {
             match tokio::time::timeout(self.limit, TcpStream::connect(addr)).await {
@@ -261,7 +258,7 @@ impl Prober {
     ///
     /// # Errors
     /// When no connection or handshake completes.
-    pub async fn tls(
+    pub(crate) async fn tls(
         &self,
         addrs: &[SocketAddr],
         sni: &str,
@@ -311,7 +308,7 @@ impl Prober {
     ///
     /// # Errors
     /// When the exchange fails or the answer does not come within the limit.
-    pub async fn get<S>(
+    pub(crate) async fn get<S>(
         &self,
         io: S,
         addr: SocketAddr,
@@ -407,7 +404,7 @@ impl ServerCertVerifier for ShowAnyCertificate {
 
 /// `error: cause: cause`, for evidence lines.
 #[must_use]
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

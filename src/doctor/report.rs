@@ -8,7 +8,7 @@ use serde::Serialize;
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     /// Nothing to fix.
     Ok,
     /// Works now, but something needs attention.
@@ -22,7 +22,7 @@ pub enum Status {
 impl Status {
     /// The checklist mark.
     #[must_use]
-    pub fn mark(self) -> &'static str {
+    pub(crate) fn mark(self) -> &'static str {
         match self {
             Status::Ok => "✓",
             Status::Warn => "!",
@@ -35,7 +35,7 @@ impl Status {
 /// Which step a check is; the JSON `check` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Step {
+pub(crate) enum Step {
     /// The host's CNAME chain and addresses.
     Dns,
     /// The ESP's ownership record still points at the ESP.
@@ -55,7 +55,7 @@ pub enum Step {
 impl Step {
     /// Short label for the checklist.
     #[must_use]
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Step::Dns => "DNS",
             Step::OwnerRecord => "owner record",
@@ -70,7 +70,8 @@ impl Step {
 
 /// One finding.
 #[derive(Debug, Clone, Serialize)]
-pub struct Check {
+#[allow(clippy::struct_field_names)] // `check` is the field's name in `doctor --json`
+pub(crate) struct Check {
     /// Which step.
     pub check: Step,
     /// Outcome.
@@ -85,7 +86,7 @@ pub struct Check {
 
 impl Check {
     /// A check with no evidence and no fix yet.
-    pub fn new(check: Step, status: Status, summary: impl Into<String>) -> Check {
+    pub(crate) fn new(check: Step, status: Status, summary: impl Into<String>) -> Check {
         Check {
             check,
             status,
@@ -97,14 +98,14 @@ impl Check {
 
     /// Adds a line of evidence.
     #[must_use]
-    pub fn evidence(mut self, line: impl Into<String>) -> Check {
+    pub(crate) fn evidence(mut self, line: impl Into<String>) -> Check {
         self.evidence.push(line.into());
         self
     }
 
     /// Sets the fix.
     #[must_use]
-    pub fn fix(mut self, fix: impl Into<String>) -> Check {
+    pub(crate) fn fix(mut self, fix: impl Into<String>) -> Check {
         self.fix = Some(fix.into());
         self
     }
@@ -112,24 +113,16 @@ impl Check {
 
 /// Every check of one branded host, in order.
 #[derive(Debug, Clone, Serialize)]
-pub struct HostReport {
+pub(crate) struct HostReport {
     /// The branded host.
     pub host: String,
     /// Findings, in the order the steps ran.
     pub checks: Vec<Check>,
 }
 
-impl HostReport {
-    /// The finding of `step`, if it ran.
-    #[must_use]
-    pub fn get(&self, step: Step) -> Option<&Check> {
-        self.checks.iter().find(|c| c.check == step)
-    }
-}
-
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// True when no check failed (warnings allowed).
     pub ok: bool,
     /// Number of failed checks.
@@ -143,7 +136,7 @@ pub struct Report {
 impl Report {
     /// Totals the findings of `hosts`.
     #[must_use]
-    pub fn new(hosts: Vec<HostReport>) -> Report {
+    pub(crate) fn new(hosts: Vec<HostReport>) -> Report {
         let count = |s: Status| {
             hosts
                 .iter()
@@ -163,7 +156,7 @@ impl Report {
 
     /// The human-readable checklist.
     #[must_use]
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut out = String::new();
         for h in &self.hosts {
             let _ = writeln!(out, "{}", h.host);
@@ -202,7 +195,7 @@ impl Report {
 
     /// The JSON report (pretty-printed).
     #[must_use]
-    pub fn to_json(&self) -> String {
+    pub(crate) fn to_json(&self) -> String {
         // Serializing plain structs of strings cannot fail.
         serde_json::to_string_pretty(self).unwrap_or_default()
     }

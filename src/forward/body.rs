@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use super::upstream::PooledBody;
 
 /// Body of every response trackproxy sends: the upstream's, streamed, or a short local one.
-pub type ForwardBody = Either<UpstreamBody<PooledBody>, Full<Bytes>>;
+pub(crate) type ForwardBody = Either<UpstreamBody<PooledBody>, Full<Bytes>>;
 
 pin_project! {
     /// The body of a response that came from an upstream, with how long the upstream took to
@@ -30,7 +30,7 @@ pin_project! {
 
 impl<B> UpstreamBody<B> {
     /// `body`, whose response head took `timing` to arrive.
-    pub fn new(body: B, timing: Duration) -> Self {
+    pub(crate) fn new(body: B, timing: Duration) -> Self {
         UpstreamBody { body, timing }
     }
 }
@@ -56,7 +56,7 @@ impl<B: Body> Body for UpstreamBody<B> {
 }
 
 /// How long the upstream took to send the response head, for bodies that came from one.
-pub trait UpstreamTiming {
+pub(crate) trait UpstreamTiming {
     /// `None` for local answers.
     fn upstream_timing(&self) -> Option<Duration>;
 }

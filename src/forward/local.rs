@@ -11,7 +11,7 @@ use super::body::ForwardBody;
 
 /// A short local response (errors, redirects, local files).
 #[must_use]
-pub fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ForwardBody> {
+pub(crate) fn local_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ForwardBody> {
     let mut res = Response::new(Either::Right(Full::new(body.into())));
     *res.status_mut() = status;
     res.headers_mut().insert(

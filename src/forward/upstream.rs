@@ -36,7 +36,7 @@ use crate::error::{BoxError, UpstreamError};
 ///
 /// # Errors
 /// When `upstream.ca_file` cannot be read or holds no certificate.
-pub fn client(
+pub(crate) fn client(
     cfg: &UpstreamConfig,
     origin: &str,
 ) -> Result<(UpstreamClient, Arc<AtomicU64>), config::Errors> {
@@ -84,7 +84,7 @@ pub fn client(
 /// closed after `upstream.pool_idle_timeout` (DNS is resolved again for new ones), and at most
 /// `upstream.pool_max_idle` are kept per origin.
 #[derive(Clone)]
-pub struct UpstreamClient {
+pub(crate) struct UpstreamClient {
     pool: Arc<Pool>,
 }
 
@@ -95,12 +95,12 @@ impl std::fmt::Debug for UpstreamClient {
 }
 
 /// The response future of [`UpstreamClient::request`].
-pub type ResponseFuture =
+pub(crate) type ResponseFuture =
     Pin<Box<dyn Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send>>;
 
 impl UpstreamClient {
     /// Sends `req` (absolute-form target) on a pooled or new connection, in origin form.
-    pub fn request(&self, req: Request<Incoming>) -> ResponseFuture {
+    pub(crate) fn request(&self, req: Request<Incoming>) -> ResponseFuture {
         Box::pin(send(self.pool.clone(), req))
     }
 }
@@ -374,7 +374,7 @@ fn client_tls(cfg: &UpstreamConfig, origin: &str) -> Result<rustls::ClientConfig
 
 /// TCP + TLS connector with one deadline over both, counting connections opened.
 #[derive(Clone, Debug)]
-pub struct Connector {
+pub(crate) struct Connector {
     inner: HttpsConnector<HttpConnector>,
     timeout: Duration,
     opened: Arc<AtomicU64>,
@@ -386,7 +386,7 @@ pub struct Connector {
 /// client copies that into the extensions of every response, two allocations per request for
 /// facts nothing here reads.
 #[derive(Debug)]
-pub struct Conn(MaybeHttpsStream<TokioIo<TcpStream>>);
+pub(crate) struct Conn(MaybeHttpsStream<TokioIo<TcpStream>>);
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
@@ -465,4 +465,4 @@ impl tower::Service<Uri> for Connector {
 /// The TCP connect plus TLS handshake to the upstream took too long.
 #[derive(Debug, thiserror::Error)]
 #[error("connect and TLS handshake took longer than {0:?}")]
-pub struct ConnectTimeout(Duration);
+pub(crate) struct ConnectTimeout(Duration);

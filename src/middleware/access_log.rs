@@ -35,17 +35,17 @@ use tracing::Span;
 use super::request_id::RequestIdValue;
 use crate::client::ConnInfo;
 use crate::forward::UpstreamTiming;
-use crate::telemetry::metrics::{HostHandle, Metrics};
+use crate::metrics::{HostHandle, Metrics};
 
 /// The `tracing` target of access log events (filter with `trackproxy::access=off`).
-pub const TARGET: &str = "trackproxy::access";
+pub(crate) const TARGET: &str = "trackproxy::access";
 
 /// Status logged and counted when the client went away before the response head.
 const CLIENT_CLOSED: u16 = 499;
 
 /// Layer of [`AccessLog`].
 #[derive(Debug, Clone)]
-pub struct AccessLogLayer {
+pub(crate) struct AccessLogLayer {
     metrics: Metrics,
     query: bool,
 }
@@ -54,7 +54,7 @@ impl AccessLogLayer {
     /// Logs requests and records them in `metrics`; `query`: whether the logged path keeps its
     /// query string (`log.query`).
     #[must_use]
-    pub fn new(metrics: Metrics, query: bool) -> Self {
+    pub(crate) fn new(metrics: Metrics, query: bool) -> Self {
         AccessLogLayer { metrics, query }
     }
 }
@@ -73,7 +73,7 @@ impl<S> Layer<S> for AccessLogLayer {
 
 /// Logs each request once its response body is done, and records its metrics.
 #[derive(Debug, Clone)]
-pub struct AccessLog<S> {
+pub(crate) struct AccessLog<S> {
     inner: S,
     metrics: Metrics,
     query: bool,
@@ -378,8 +378,8 @@ mod tests {
     use super::*;
     use crate::client::TlsInfo;
     use crate::forward::UpstreamBody;
+    use crate::metrics::Snapshot;
     use crate::middleware::request_id::RequestIdLayer;
-    use crate::telemetry::metrics::Snapshot;
 
     /// Collects what the JSON formatter writes.
     #[derive(Clone, Default)]

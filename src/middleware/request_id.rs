@@ -16,10 +16,10 @@ use tower::{Layer, Service};
 use tracing::Span;
 
 /// `X-Request-Id`.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest client id kept. Longer ones are replaced: ids end up in every log line.
-pub const MAX_LEN: usize = 128;
+pub(crate) const MAX_LEN: usize = 128;
 
 /// The id of a request: its one `X-Request-Id` header once [`RequestId`] has run.
 ///
@@ -27,18 +27,18 @@ pub const MAX_LEN: usize = 128;
 /// one sane `X-Request-Id`, and a header value is reference-counted, so taking a copy costs
 /// no allocation (an extension would cost one per request).
 #[derive(Debug, Clone)]
-pub struct RequestIdValue(HeaderValue);
+pub(crate) struct RequestIdValue(HeaderValue);
 
 impl RequestIdValue {
     /// The id of `req` (`None` outside [`RequestId`] when the client sent none).
     #[must_use]
-    pub fn of<B>(req: &Request<B>) -> Option<Self> {
+    pub(crate) fn of<B>(req: &Request<B>) -> Option<Self> {
         req.headers().get(X_REQUEST_ID).cloned().map(RequestIdValue)
     }
 
     /// The id as text (always ASCII).
     #[must_use]
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         self.0.to_str().unwrap_or("")
     }
 }
@@ -47,7 +47,7 @@ impl RequestIdValue {
 /// (UUIDs, ULIDs, base64, `Root=1-…`-style trace ids). Anything else could be used to forge log
 /// lines or to blow up log volume.
 #[must_use]
-pub fn is_sane(v: &HeaderValue) -> bool {
+pub(crate) fn is_sane(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty()
         && b.len() <= MAX_LEN
@@ -59,7 +59,7 @@ pub fn is_sane(v: &HeaderValue) -> bool {
 /// counter. Unique within the process without a lock or a random number per request; the
 /// scrambling (a bijection) keeps the ids from showing how many requests were served.
 #[derive(Debug)]
-pub struct IdGenerator {
+pub(crate) struct IdGenerator {
     prefix: u64,
     key: u64,
     counter: AtomicU64,
@@ -68,7 +68,7 @@ pub struct IdGenerator {
 impl IdGenerator {
     /// A generator seeded from the system's secure random source.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut seed = [0u8; 16];
         if crate::tls::provider()
             .secure_random
@@ -94,7 +94,7 @@ impl IdGenerator {
     ///
     /// # Panics
     /// Never: hex digits are always a valid header value.
-    pub fn next_id(&self) -> HeaderValue {
+    pub(crate) fn next_id(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 32];
         hex(self.prefix, &mut buf[..16]);
@@ -130,14 +130,14 @@ fn hex(v: u64, out: &mut [u8]) {
 
 /// Layer of [`RequestId`].
 #[derive(Debug, Clone, Default)]
-pub struct RequestIdLayer {
+pub(crate) struct RequestIdLayer {
     ids: Arc<IdGenerator>,
 }
 
 impl RequestIdLayer {
     /// A layer with its own id generator.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 }
@@ -156,7 +156,7 @@ impl<S> Layer<S> for RequestIdLayer {
 /// Keeps or assigns the request's `X-Request-Id`, records it in a `request` span around the
 /// inner service, and returns it to the client.
 #[derive(Debug, Clone)]
-pub struct RequestId<S> {
+pub(crate) struct RequestId<S> {
     inner: S,
     ids: Arc<IdGenerator>,
 }

@@ -9,11 +9,11 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ServerConfig;
 
-use super::conn_limit::ConnLimits;
 use super::proxy_protocol::Policy as ProxyPolicy;
 use crate::config::ServerConfig as ServerSettings;
+use crate::limits::connections::ConnLimits;
+use crate::metrics::Metrics;
 use crate::middleware::HttpService;
-use crate::telemetry::metrics::Metrics;
 use crate::tls::SniResolver;
 
 /// Everything a connection task needs, shared by all of them.

@@ -14,7 +14,7 @@ use tracing::{debug, info};
 use super::sni::SniResolver;
 use super::stream::{Accepting, TlsStream};
 use crate::client::TlsInfo;
-use crate::telemetry::metrics::{HandshakeFailure, Metrics};
+use crate::metrics::{HandshakeFailure, Metrics};
 
 /// Runs the TLS handshake of a new connection until `deadline`. Returns the stream (boxed)
 /// and the connection's TLS facts, or `None` when the connection is done (refused, failed,

@@ -57,7 +57,7 @@ pub use host::{AcmeHost, AcmeHosts, AcmeStatus, renew_at};
 pub use order::{Error, Settings};
 
 use crate::config::{AcmeConfig, Problem};
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::tls::cert::CertInfo;
 use cache::AccountStore;
 use host::lock;

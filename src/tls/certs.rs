@@ -10,7 +10,7 @@ use super::cert::{CertInfo, CertSource};
 use super::files;
 use super::sni::CertMap;
 use crate::config::{Config, Problem};
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// The certificates a configuration asks for, read from disk: file and self-signed ones, and
 /// the ACME hosts with their cached certificates.

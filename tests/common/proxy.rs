@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 // For tests that reach into the library (acme.rs).
 #[allow(unused_imports)]
-pub use trackproxy::server::Listeners;
+pub use trackproxy::Listeners;
 #[allow(unused_imports)]
 pub use trackproxy::tls::acme::{AcmeStatus, directory_dir_name};
 

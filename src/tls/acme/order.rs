@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::cache::{self, AccountStore, HostCache, RegisterError};
 use super::host::{AcmeHost, Backoff, Challenge, Served, lock, renew_at};
 use crate::config::{AcmeChallenge, AcmeConfig};
-use crate::telemetry::metrics::Metrics;
+use crate::metrics::Metrics;
 use crate::tls::cert::CertSource;
 
 /// Longest one order may take before it counts as failed (rustls-acme has no overall limit;

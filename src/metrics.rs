@@ -31,53 +31,53 @@ use crate::error::ProxyError;
 
 /// `trackproxy_requests_total{host, method, status}`: responses sent, by host, method and status
 /// class (`2xx`, …).
-pub const REQUESTS: &str = "trackproxy_requests_total";
+pub(crate) const REQUESTS: &str = "trackproxy_requests_total";
 /// `trackproxy_request_duration_seconds{host}`: from the request head to the end of the response
 /// body.
-pub const REQUEST_DURATION: &str = "trackproxy_request_duration_seconds";
+pub(crate) const REQUEST_DURATION: &str = "trackproxy_request_duration_seconds";
 /// `trackproxy_upstream_duration_seconds{host}`: from sending to the upstream to its response
 /// head.
-pub const UPSTREAM_DURATION: &str = "trackproxy_upstream_duration_seconds";
+pub(crate) const UPSTREAM_DURATION: &str = "trackproxy_upstream_duration_seconds";
 /// `trackproxy_open_connections`: client connections open on the HTTPS and HTTP listeners.
-pub const OPEN_CONNECTIONS: &str = "trackproxy_open_connections";
+pub(crate) const OPEN_CONNECTIONS: &str = "trackproxy_open_connections";
 /// `trackproxy_parked_connections`: idle HTTP/1 connections holding no HTTP buffers.
-pub const PARKED_CONNECTIONS: &str = "trackproxy_parked_connections";
+pub(crate) const PARKED_CONNECTIONS: &str = "trackproxy_parked_connections";
 /// `trackproxy_in_flight_requests`: requests being served.
-pub const IN_FLIGHT: &str = "trackproxy_in_flight_requests";
+pub(crate) const IN_FLIGHT: &str = "trackproxy_in_flight_requests";
 /// `trackproxy_connections_refused_total{reason}`: connections closed before the TLS handshake.
-pub const CONNECTIONS_REFUSED: &str = "trackproxy_connections_refused_total";
+pub(crate) const CONNECTIONS_REFUSED: &str = "trackproxy_connections_refused_total";
 /// `trackproxy_accept_paused_total`: times accepting paused at `limits.max_connections`.
-pub const ACCEPT_PAUSED: &str = "trackproxy_accept_paused_total";
+pub(crate) const ACCEPT_PAUSED: &str = "trackproxy_accept_paused_total";
 /// `trackproxy_tls_handshakes_total{kind}`: completed handshakes, `full` or `resumed`.
-pub const TLS_HANDSHAKES: &str = "trackproxy_tls_handshakes_total";
+pub(crate) const TLS_HANDSHAKES: &str = "trackproxy_tls_handshakes_total";
 /// `trackproxy_tls_handshake_failures_total{reason}`: failed handshakes, by
 /// [`HandshakeFailure`].
-pub const TLS_HANDSHAKE_FAILURES: &str = "trackproxy_tls_handshake_failures_total";
+pub(crate) const TLS_HANDSHAKE_FAILURES: &str = "trackproxy_tls_handshake_failures_total";
 /// `trackproxy_rate_limited_total`: requests answered 429.
-pub const RATE_LIMITED: &str = "trackproxy_rate_limited_total";
+pub(crate) const RATE_LIMITED: &str = "trackproxy_rate_limited_total";
 /// `trackproxy_rate_limit_clients`: clients the rate limiter currently remembers.
-pub const RATE_LIMIT_CLIENTS: &str = "trackproxy_rate_limit_clients";
+pub(crate) const RATE_LIMIT_CLIENTS: &str = "trackproxy_rate_limit_clients";
 /// `trackproxy_requests_shed_total`: requests answered 503 because `limits.max_in_flight` was
 /// reached.
-pub const SHED: &str = "trackproxy_requests_shed_total";
+pub(crate) const SHED: &str = "trackproxy_requests_shed_total";
 /// `trackproxy_upstream_errors_total{kind}`: failed upstream requests, by
 /// [`ProxyError::kind`].
-pub const UPSTREAM_ERRORS: &str = "trackproxy_upstream_errors_total";
+pub(crate) const UPSTREAM_ERRORS: &str = "trackproxy_upstream_errors_total";
 /// `trackproxy_upstream_connections_opened_total`: TCP (+TLS) connections opened to upstreams.
-pub const UPSTREAM_CONNECTIONS: &str = "trackproxy_upstream_connections_opened_total";
+pub(crate) const UPSTREAM_CONNECTIONS: &str = "trackproxy_upstream_connections_opened_total";
 /// `trackproxy_certificate_expiry_timestamp_seconds{host, source}`: the served certificate's
 /// not-after, as a Unix timestamp.
-pub const CERT_EXPIRY: &str = "trackproxy_certificate_expiry_timestamp_seconds";
+pub(crate) const CERT_EXPIRY: &str = "trackproxy_certificate_expiry_timestamp_seconds";
 
 /// `trackproxy_acme_events_total{host, event}`: ACME certificates issued, renewed, and orders
 /// failed.
-pub const ACME_EVENTS: &str = "trackproxy_acme_events_total";
+pub(crate) const ACME_EVENTS: &str = "trackproxy_acme_events_total";
 /// `trackproxy_log_lines_dropped_total`: log lines dropped because the log writer fell behind.
-pub const LOG_LINES_DROPPED: &str = "trackproxy_log_lines_dropped_total";
+pub(crate) const LOG_LINES_DROPPED: &str = "trackproxy_log_lines_dropped_total";
 
 /// The `host` label of requests for a host that is not configured (421/404 answers): it cannot
 /// be a host name, so it never collides with one.
-pub const UNKNOWN_HOST: &str = "(unknown)";
+pub(crate) const UNKNOWN_HOST: &str = "(unknown)";
 
 /// Histogram buckets for latencies, seconds: from a local answer to a slow upstream.
 const LATENCY_BUCKETS: [f64; 14] = [

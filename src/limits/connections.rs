@@ -17,7 +17,7 @@ use crate::config::LimitsConfig;
 
 /// The connection budgets, shared by the HTTPS and HTTP listeners.
 #[derive(Debug)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     total: Arc<Semaphore>,
     max: usize,
     per_client: u32,
@@ -41,11 +41,11 @@ impl Drop for ParkedGuard {
 
 /// Why a client's connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PerClientLimit;
+pub(crate) struct PerClientLimit;
 
 /// One open connection of a client; releases its slot when dropped.
 #[derive(Debug)]
-pub struct ClientPermit {
+pub(crate) struct ClientPermit {
     limits: Arc<ConnLimits>,
     key: IpAddr,
 }
@@ -53,7 +53,7 @@ pub struct ClientPermit {
 impl ConnLimits {
     /// The limits `cfg` describes.
     #[must_use]
-    pub fn new(cfg: &LimitsConfig) -> Arc<Self> {
+    pub(crate) fn new(cfg: &LimitsConfig) -> Arc<Self> {
         let max = cfg.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(ConnLimits {
             total: Arc::new(Semaphore::new(max)),
@@ -67,7 +67,7 @@ impl ConnLimits {
 
     /// Idle HTTP/1 connections parked right now.
     #[must_use]
-    pub fn parked(&self) -> usize {
+    pub(crate) fn parked(&self) -> usize {
         self.parked.load(Ordering::Relaxed)
     }
 
@@ -79,12 +79,12 @@ impl ConnLimits {
 
     /// A slot in the total budget, if one is free.
     #[must_use]
-    pub fn try_total(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn try_total(&self) -> Option<OwnedSemaphorePermit> {
         self.total.clone().try_acquire_owned().ok()
     }
 
     /// Waits for a slot in the total budget.
-    pub async fn total(&self) -> OwnedSemaphorePermit {
+    pub(crate) async fn total(&self) -> OwnedSemaphorePermit {
         match self.total.clone().acquire_owned().await {
             Ok(p) => p,
             // The semaphore is never closed; if it were, waiting forever is the safe answer.
@@ -94,7 +94,7 @@ impl ConnLimits {
 
     /// Open connections (all listeners).
     #[must_use]
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.max.saturating_sub(self.total.available_permits())
     }
 
@@ -103,7 +103,7 @@ impl ConnLimits {
     ///
     /// # Errors
     /// When the client already has `limits.per_client_connections` open.
-    pub fn try_client(
+    pub(crate) fn try_client(
         self: &Arc<Self>,
         client: IpAddr,
     ) -> Result<Option<ClientPermit>, PerClientLimit> {
@@ -124,8 +124,9 @@ impl ConnLimits {
     }
 
     /// Clients with at least one limited connection open.
+    #[cfg(test)]
     #[must_use]
-    pub fn clients(&self) -> usize {
+    pub(crate) fn clients(&self) -> usize {
         self.open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

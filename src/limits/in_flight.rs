@@ -25,7 +25,7 @@ use crate::error::ProxyError;
 
 /// The shared in-flight budget.
 #[derive(Debug, Clone)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     permits: Arc<Semaphore>,
     max: usize,
 }
@@ -33,7 +33,7 @@ pub struct InFlight {
 impl InFlight {
     /// Room for `max` requests at once (at least 1).
     #[must_use]
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         let max = max.clamp(1, Semaphore::MAX_PERMITS);
         InFlight {
             permits: Arc::new(Semaphore::new(max)),
@@ -43,21 +43,21 @@ impl InFlight {
 
     /// Requests being served now.
     #[must_use]
-    pub fn current(&self) -> usize {
+    pub(crate) fn current(&self) -> usize {
         self.max.saturating_sub(self.permits.available_permits())
     }
 }
 
 /// Layer of [`LoadShed`].
 #[derive(Debug, Clone)]
-pub struct LoadShedLayer {
+pub(crate) struct LoadShedLayer {
     in_flight: InFlight,
 }
 
 impl LoadShedLayer {
     /// A layer admitting requests within `in_flight`.
     #[must_use]
-    pub fn new(in_flight: InFlight) -> Self {
+    pub(crate) fn new(in_flight: InFlight) -> Self {
         LoadShedLayer { in_flight }
     }
 }
@@ -75,7 +75,7 @@ impl<S> Layer<S> for LoadShedLayer {
 
 /// Admits a request if a slot is free, else fails it with [`ProxyError::Overloaded`].
 #[derive(Debug, Clone)]
-pub struct LoadShed<S> {
+pub(crate) struct LoadShed<S> {
     inner: S,
     permits: Arc<Semaphore>,
 }

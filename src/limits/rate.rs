@@ -32,7 +32,7 @@ type KeyedLimiter<C> =
     RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// The token buckets of all clients. Shared (`Arc`) by every connection.
-pub struct ClientLimiter<C: Clock = DefaultClock> {
+pub(crate) struct ClientLimiter<C: Clock = DefaultClock> {
     /// `None` when `limits.per_client_rps = 0`.
     limiter: Option<KeyedLimiter<C>>,
     allow: Cidrs,
@@ -50,14 +50,14 @@ impl<C: Clock> std::fmt::Debug for ClientLimiter<C> {
 impl ClientLimiter {
     /// The limiter `cfg` describes, on the monotonic clock.
     #[must_use]
-    pub fn new(cfg: &LimitsConfig) -> Self {
+    pub(crate) fn new(cfg: &LimitsConfig) -> Self {
         Self::with_clock(cfg, DefaultClock::default())
     }
 }
 
 impl<C: Clock> ClientLimiter<C> {
     /// The limiter `cfg` describes, on `clock` (tests use a fake clock).
-    pub fn with_clock(cfg: &LimitsConfig, clock: C) -> Self {
+    pub(crate) fn with_clock(cfg: &LimitsConfig, clock: C) -> Self {
         let limiter = quota(cfg.per_client_rps, cfg.per_client_burst)
             .map(|quota| RateLimiter::dashmap_with_clock(quota, clock));
         ClientLimiter {
@@ -68,7 +68,7 @@ impl<C: Clock> ClientLimiter<C> {
 
     /// Takes one token from `client`'s bucket; `Err` with the time until the next token when
     /// it is empty.
-    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+    pub(crate) fn check(&self, client: IpAddr) -> Result<(), Duration> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -82,7 +82,7 @@ impl<C: Clock> ClientLimiter<C> {
 
     /// Forgets clients whose bucket has refilled (they are indistinguishable from new ones),
     /// and gives the memory back.
-    pub fn evict_stale(&self) {
+    pub(crate) fn evict_stale(&self) {
         if let Some(l) = &self.limiter {
             l.retain_recent();
             l.shrink_to_fit();
@@ -90,7 +90,7 @@ impl<C: Clock> ClientLimiter<C> {
     }
 
     /// Clients currently remembered.
-    pub fn clients(&self) -> usize {
+    pub(crate) fn clients(&self) -> usize {
         self.limiter.as_ref().map_or(0, RateLimiter::len)
     }
 }
@@ -108,14 +108,14 @@ fn quota(rps: f64, burst: u32) -> Option<Quota> {
 
 /// Layer of [`RateLimit`].
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     limiter: Arc<ClientLimiter>,
 }
 
 impl RateLimitLayer {
     /// A layer checking `limiter`.
     #[must_use]
-    pub fn new(limiter: Arc<ClientLimiter>) -> Self {
+    pub(crate) fn new(limiter: Arc<ClientLimiter>) -> Self {
         RateLimitLayer { limiter }
     }
 }
@@ -134,7 +134,7 @@ impl<S> Layer<S> for RateLimitLayer {
 /// Rejects a request with [`ProxyError::RateLimited`] when its client's bucket is empty.
 /// Requests without [`ConnInfo`] (none reach here from the server) are not limited.
 #[derive(Debug, Clone)]
-pub struct RateLimit<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     limiter: Arc<ClientLimiter>,
 }

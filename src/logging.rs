@@ -1,14 +1,9 @@
-//! Logging and metrics.
-//!
 //! Logging: `tracing` to standard output, JSON or human-readable, filtered by `log.level` (the
 //! `RUST_LOG` environment variable, when set, wins, for one-off debugging). Lines are handed to
 //! a dedicated writer thread through a bounded queue (`tracing-appender`'s non-blocking
 //! writer): a request never waits for standard output. When the queue is full, lines are
 //! dropped rather than blocking, and counted (`trackproxy_log_lines_dropped_total`).
-//!
-//! - [`metrics`]: the Prometheus recorder of one proxy and the handles the request path updates.
-
-pub mod metrics;
+//! The access log's lines are made by the access-log layer (`crate::middleware::access_log`).
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
