@@ -3,7 +3,7 @@
 //! ```sh
 //! cargo bench --bench load                       # the README's tables: 5 rounds × 5 s, 10 000 idle
 //! cargo bench --bench load -- --logging on,off   # also the secondary table, all logging off
-//! cargo bench --bench load -- --smoke            # a functional check of every case, ~40 s
+//! cargo bench --bench load -- --smoke            # a functional check, ~1 minute
 //! cargo bench --bench load -- --help             # rounds, duration, scenarios, proxies, …
 //! ```
 //!
