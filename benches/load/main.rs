@@ -12,7 +12,7 @@
 //! scenario and proxy (the proxies' order rotating between rounds) starts the proxy afresh on
 //! loopback ephemeral ports, warms up, measures, and stops it. Scenarios: `h1-keepalive` (64
 //! connections), `h1-new-connection` (64 clients, one request per new TLS connection with a
-//! full handshake), `h1-new-connection-nagle` (the same from a client without `TCP_NODELAY`),
+//! full handshake), `h1-new-connection-nagle` (the same from 8 clients without `TCP_NODELAY`),
 //! `h2` (32 connections × 10 streams). Then it holds 10 000 idle keep-alive TLS connections to
 //! each proxy and reads their memory.
 //!
