@@ -91,17 +91,18 @@ async fn main() -> Result<()> {
     );
     let dir = tempfile::tempdir()?;
     let pki = pki::Pki::create(dir.path())?;
-    let upstream = upstream::Upstream::start(pki.upstream_tls()?).await?;
+    let upstream = upstream::Upstream::start(Some(pki.upstream_tls()?)).await?;
     let https = free_port()?;
     let config = dir.path().join("trackproxy.toml");
     std::fs::write(
         &config,
         job::trackproxy_config(
             &pki,
-            upstream.addr.port(),
+            &upstream.url(),
             https,
             free_port()?,
             free_port()?,
+            Some("warn"),
         ),
     )?;
     let (program, rest) = args.proxy.split_first().context("no proxy command")?;

@@ -3,8 +3,11 @@
 //! TLS session resumption is disabled in its rustls client (`Resumption::disabled()`), so every
 //! new connection is a full handshake; each handshake's kind is checked on the client side
 //! (`handshake_kind()`). The client offers what browsers offer first — TLS 1.3 with
-//! `TLS_AES_128_GCM_SHA256` — and X25519 key exchange only, which both proxies support (nginx
-//! 1.22 with OpenSSL 3.0 has no post-quantum hybrid), so both do the same crypto.
+//! `TLS_AES_128_GCM_SHA256` — and X25519 key exchange only, which every proxy under test
+//! supports (nginx 1.22 and HAProxy 2.6 with OpenSSL 3.0 have no post-quantum hybrid), so all do
+//! the same crypto. Its sockets set `TCP_NODELAY`, except in `h1-new-connection-nagle`, which
+//! is a client that leaves Nagle's algorithm on (Python's `ssl` over
+//! `socket.create_connection`, for one).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +30,7 @@ use crate::pki::HOST;
 use crate::proxies::Handshakes;
 use crate::upstream::LANDING;
 
-/// One of the three load scenarios.
+/// One of the load scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Scenario {
     /// HTTP/1.1, 64 keep-alive connections.
@@ -36,6 +39,11 @@ pub(crate) enum Scenario {
     /// HTTP/1.1, every request on a new connection with a full TLS handshake, 64 clients.
     #[value(name = "h1-new-connection")]
     H1NewConnection,
+    /// As `h1-new-connection`, from clients that do not set `TCP_NODELAY`, and only 8 of them:
+    /// with 64 the proxy's CPU is saturated and a client waiting for a delayed ACK costs no
+    /// latency (others use the CPU meanwhile), so a stall would not show.
+    #[value(name = "h1-new-connection-nagle")]
+    H1NewConnectionNagle,
     /// HTTP/2, 32 connections × 10 concurrent streams.
     #[value(name = "h2")]
     H2,
@@ -43,9 +51,10 @@ pub(crate) enum Scenario {
 
 impl Scenario {
     /// All, in the order they run.
-    pub(crate) const ALL: [Scenario; 3] = [
+    pub(crate) const ALL: [Scenario; 4] = [
         Scenario::H1Keepalive,
         Scenario::H1NewConnection,
+        Scenario::H1NewConnectionNagle,
         Scenario::H2,
     ];
 
@@ -54,12 +63,22 @@ impl Scenario {
         match self {
             Scenario::H1Keepalive => "h1-keepalive",
             Scenario::H1NewConnection => "h1-new-connection",
+            Scenario::H1NewConnectionNagle => "h1-new-connection-nagle",
             Scenario::H2 => "h2",
         }
+    }
+
+    /// Whether every request is on a new connection with a full handshake.
+    pub(crate) fn new_connections(self) -> bool {
+        matches!(
+            self,
+            Scenario::H1NewConnection | Scenario::H1NewConnectionNagle
+        )
     }
 }
 
 const H2_CONNECTIONS: usize = 32;
+const NAGLE_CLIENTS: u64 = 8;
 const H2_STREAMS: usize = 10;
 
 /// When requests count: those that complete inside `[start, end)`; nothing new starts after
@@ -77,6 +96,9 @@ pub(crate) struct Window {
 pub(crate) struct Tally {
     /// Latency of each request completed in the window, µs.
     pub(crate) latencies_us: Vec<u32>,
+    /// Requests answered as expected, warm-up and stragglers after the window included (each
+    /// is one line in the proxy's access log).
+    pub(crate) answered: u64,
     /// Failed requests in the window (I/O errors, unexpected answers).
     pub(crate) errors: u64,
     /// The first error, for the report.
@@ -88,6 +110,7 @@ pub(crate) struct Tally {
 impl Tally {
     fn merge(&mut self, other: Tally) {
         self.latencies_us.extend(other.latencies_us);
+        self.answered += other.answered;
         self.errors += other.errors;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
@@ -98,6 +121,9 @@ impl Tally {
 
     fn outcome(&mut self, w: &Window, t0: Instant, res: Result<(), String>) {
         let t1 = Instant::now();
+        if res.is_ok() {
+            self.answered += 1;
+        }
         if t1 < w.start || t1 >= w.end {
             return;
         }
@@ -240,9 +266,9 @@ impl Client {
         })
     }
 
-    async fn tls(&self, cfg: &Arc<ClientConfig>) -> Result<TlsStream<TcpStream>> {
+    async fn tls(&self, cfg: &Arc<ClientConfig>, nodelay: bool) -> Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr).await?;
-        tcp.set_nodelay(true)?;
+        tcp.set_nodelay(nodelay)?;
         Ok(TlsConnector::from(cfg.clone())
             .connect(self.name.clone(), tcp)
             .await?)
@@ -251,8 +277,9 @@ impl Client {
     async fn h1_conn(
         &self,
         cfg: &Arc<ClientConfig>,
+        nodelay: bool,
     ) -> Result<(http1::SendRequest<Empty<Bytes>>, Option<HandshakeKind>)> {
-        let tls = self.tls(cfg).await?;
+        let tls = self.tls(cfg, nodelay).await?;
         let kind = tls.get_ref().1.handshake_kind();
         let (send, conn) = http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
@@ -271,10 +298,15 @@ impl Client {
                     tasks.spawn(async move { c.h1_keepalive(i, w).await });
                 }
             }
-            Scenario::H1NewConnection => {
-                for i in 0..64 {
+            Scenario::H1NewConnection | Scenario::H1NewConnectionNagle => {
+                let (nodelay, clients) = if scenario == Scenario::H1NewConnection {
+                    (true, 64)
+                } else {
+                    (false, NAGLE_CLIENTS)
+                };
+                for i in 0..clients {
                     let c = self.clone();
-                    tasks.spawn(async move { c.h1_new_connection(i, w).await });
+                    tasks.spawn(async move { c.h1_new_connection(i, nodelay, w).await });
                 }
             }
             Scenario::H2 => {
@@ -302,7 +334,7 @@ impl Client {
             let t0 = Instant::now();
             let send = match &mut conn {
                 Some(s) => s,
-                None => match self.h1_conn(&self.h1).await {
+                None => match self.h1_conn(&self.h1, true).await {
                     Ok((s, kind)) => {
                         t.handshake(kind);
                         conn.insert(s)
@@ -328,7 +360,7 @@ impl Client {
         t
     }
 
-    async fn h1_new_connection(&self, seed: u64, w: Window) -> Tally {
+    async fn h1_new_connection(&self, seed: u64, nodelay: bool, w: Window) -> Tally {
         let mut t = Tally::default();
         let mut n = seed;
         while Instant::now() < w.end {
@@ -336,7 +368,7 @@ impl Client {
             n += 1;
             let res = async {
                 let (mut send, kind) = self
-                    .h1_conn(&self.h1)
+                    .h1_conn(&self.h1, nodelay)
                     .await
                     .map_err(|e| format!("connect: {e:#}"))?;
                 t.handshake(kind);
@@ -385,7 +417,7 @@ impl Client {
     }
 
     async fn h2_conn(&self) -> Result<(http2::SendRequest<Empty<Bytes>>, Option<HandshakeKind>)> {
-        let tls = self.tls(&self.h2).await?;
+        let tls = self.tls(&self.h2, true).await?;
         let kind = tls.get_ref().1.handshake_kind();
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             bail!("the proxy did not agree to h2");
@@ -415,7 +447,7 @@ impl Client {
                         check(res, click).await.map_err(anyhow::Error::msg)?;
                         IdleConn::H2(send)
                     } else {
-                        let (mut send, _) = c.h1_conn(&c.h1).await?;
+                        let (mut send, _) = c.h1_conn(&c.h1, true).await?;
                         let (req, click) = c.requests.build(k as u64, Version::HTTP_11, false);
                         let res = send.send_request(req).await?;
                         check(res, click).await.map_err(anyhow::Error::msg)?;
@@ -443,7 +475,7 @@ impl Client {
         let cfg = client_config(roots.clone(), b"http/1.1", true)?;
         let mut kinds = Vec::new();
         for n in 0..2 {
-            let (mut send, kind) = self.h1_conn(&cfg).await?;
+            let (mut send, kind) = self.h1_conn(&cfg, true).await?;
             kinds.push(kind);
             // Reading an answer also reads the session ticket sent after the handshake.
             let (req, click) = self.requests.build(n, Version::HTTP_11, true);

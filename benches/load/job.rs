@@ -5,20 +5,25 @@ use http::{HeaderMap, HeaderValue, header};
 
 use crate::pki::{HOST, Pki};
 
-/// trackproxy's configuration: listeners on the given loopback ports, the upstream on
-/// `upstream_port`, the harness's certificate.
+/// trackproxy's configuration: listeners on the given loopback ports, `upstream` (an
+/// `https://` or `http://` URL), the harness's certificate; `log_level` sets `log.level`, and
+/// `None` keeps the shipped default (`info`: the access log on, JSON lines to stdout).
 ///
-/// Idle and header-read timeouts are long enough for the idle-connections measurement; logging
-/// is at warn, like nginx with its access log off. Every client of the harness is 127.0.0.1:
-/// the per-client connection cap is off (10 000 idle connections from one address) and the rate
-/// limit is set out of reach, so its check still runs on every request.
+/// Idle and header-read timeouts are long enough for the idle-connections measurement. Every
+/// client of the harness is 127.0.0.1: the per-client connection cap is off (10 000 idle
+/// connections from one address) and the rate limit is set out of reach, so its check still runs
+/// on every request.
 pub(crate) fn trackproxy_config(
     pki: &Pki,
-    upstream_port: u16,
+    upstream: &str,
     https: u16,
     http: u16,
     admin: u16,
+    log_level: Option<&str>,
 ) -> String {
+    let log = log_level.map_or_else(String::new, |level| {
+        format!("\n[log]\nformat = \"json\"\nlevel = {level:?}\n")
+    });
     format!(
         r#"[server]
 https_listen = "127.0.0.1:{https}"
@@ -28,7 +33,7 @@ header_read_timeout = "600s"
 shutdown_grace = "2s"
 
 [upstream]
-url = "https://localhost:{upstream_port}"
+url = "{upstream}"
 ca_file = {ca:?}
 pool_max_idle = 1024
 
@@ -46,11 +51,7 @@ per_client_connections = 0
 
 [admin]
 listen = "127.0.0.1:{admin}"
-
-[log]
-format = "json"
-level = "warn"
-"#,
+{log}"#,
         ca = pki.ca.display().to_string(),
         cert = pki.proxy_cert.display().to_string(),
         key = pki.proxy_key.display().to_string(),

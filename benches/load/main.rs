@@ -1,26 +1,35 @@
-//! Load harness: trackproxy against nginx doing the same job, side by side.
+//! Load harness: trackproxy against nginx and HAProxy doing the same job, side by side.
 //!
 //! ```sh
-//! cargo bench --bench load                       # the README's table: 5 rounds × 5 s, 10 000 idle
-//! cargo bench --bench load -- --smoke            # ~1 s per scenario, 200 idle connections
+//! cargo bench --bench load                       # the README's tables: 5 rounds × 5 s, 10 000 idle
+//! cargo bench --bench load -- --logging on,off   # also the secondary table, all logging off
+//! cargo bench --bench load -- --smoke            # a functional check, ~1 minute
 //! cargo bench --bench load -- --help             # rounds, duration, scenarios, proxies, …
 //! ```
 //!
-//! It mints a throw-away CA (ECDSA P-256), starts a local upstream that answers like
-//! sendgrid.net, then for each round, scenario and proxy (order alternating between rounds)
-//! starts the proxy afresh on loopback ephemeral ports, warms up, measures, and stops it.
-//! Scenarios: `h1-keepalive` (64 connections), `h1-new-connection` (64 clients, one request per
-//! new TLS connection with a full handshake), `h2` (32 connections × 10 streams). Then it holds
-//! 10 000 idle keep-alive TLS connections to each proxy and reads their memory.
+//! It mints a throw-away CA (ECDSA P-256), starts two local upstreams that answer like
+//! sendgrid.net (one over TLS, one over plain HTTP), then for each round, logging mode, upstream,
+//! scenario and proxy (the proxies' order rotating between rounds) starts the proxy afresh on
+//! loopback ephemeral ports, warms up, measures, and stops it. Scenarios: `h1-keepalive` (64
+//! connections), `h1-new-connection` (64 clients, one request per new TLS connection with a
+//! full handshake), `h1-new-connection-nagle` (the same from 8 clients without `TCP_NODELAY`),
+//! `h2` (32 connections × 10 streams). Then it holds 10 000 idle keep-alive TLS connections to
+//! each proxy and reads their memory.
+//!
+//! With logging on (the default, and what the targets are judged on) each proxy logs every
+//! request as users run it (see `proxies.rs`); `--logging off` measures all three without, and
+//! its table is reported as a secondary one.
 //!
 //! Reported per run: requests/s, latency p50/p99/p99.9, errors, the proxy's CPU seconds (utime +
-//! stime from `/proc/PID/stat`; nginx master + worker), requests per proxy CPU-second, peak RSS
-//! (`VmHWM`), upstream connections opened. The table holds medians over rounds, and the
-//! trackproxy/nginx ratios per round (median, min–max).
+//! stime from `/proc/PID/stat`; nginx and HAProxy: master + worker), requests per proxy
+//! CPU-second, peak RSS (`VmHWM`), upstream connections opened. The tables hold medians over
+//! rounds, and the trackproxy/nginx and trackproxy/HAProxy ratios per round (median, min–max).
 //!
-//! The run fails if any handshake in `h1-new-connection` was resumed, counted on the client
-//! (rustls `handshake_kind()`) and on the server (nginx `$ssl_session_reused`; trackproxy's
-//! `trackproxy_tls_handshakes_total` metric once the admin listener has it).
+//! The run fails if any handshake in the new-connection scenarios was resumed, counted on the
+//! client (rustls `handshake_kind()`) and on the server (trackproxy's
+//! `trackproxy_tls_handshakes_total`, HAProxy's `ssl_reused_sess`, nginx's
+//! `$ssl_session_reused`), or if, with logging on, a proxy's access log has fewer request lines
+//! than requests it answered.
 //!
 //! `cargo test` runs this binary without `--bench`: it then runs the smoke mode as a test
 //! (against the debug build) and fails on any error.
@@ -38,11 +47,10 @@ mod client;
 mod job;
 mod pki;
 mod proxies;
+mod report;
 mod upstream;
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,17 +60,17 @@ use clap::Parser;
 use rustls::HandshakeKind;
 
 use client::{Client, Scenario, Window};
-use proxies::{Env, Handshakes, Running, Which};
+use proxies::{Env, Handshakes, Logging, Running, Scheme, Setup, Which};
 use upstream::Upstream;
 
-/// trackproxy vs nginx on the tracking-link job.
+/// trackproxy vs nginx and HAProxy on the tracking-link job.
 #[derive(Debug, Parser)]
 #[command(name = "load", about)]
 struct Args {
-    /// Interleaved rounds (each runs every scenario on every proxy).
+    /// Interleaved rounds (each runs every case on every proxy).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Measured seconds per scenario and proxy.
+    /// Measured seconds per case and proxy.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
     /// Warm-up seconds before each measurement (connections open, pools fill).
@@ -71,12 +79,19 @@ struct Args {
     /// Scenarios to run.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Scenario::ALL)]
     scenarios: Vec<Scenario>,
+    /// Upstreams the proxies forward to: over TLS (as to sendgrid.net) and plain HTTP.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Scheme::Https, Scheme::Http])]
+    upstreams: Vec<Scheme>,
+    /// Logging modes: `on` (access logs as users run them; the targets apply), `off` (none, for
+    /// all three; a secondary table).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Logging::On])]
+    logging: Vec<Logging>,
     /// Proxies to run.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Which::Trackproxy, Which::Nginx])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Which::Trackproxy, Which::Nginx, Which::Haproxy])]
     proxies: Vec<Which>,
-    /// Workers of both proxies: trackproxy's runtime threads (`TOKIO_WORKER_THREADS`), nginx's
-    /// `worker_processes`. Default: each as shipped or specified — trackproxy one thread per
-    /// core, nginx one worker (the issue's reference figures).
+    /// Workers of all proxies: trackproxy's runtime threads (`TOKIO_WORKER_THREADS`), nginx's
+    /// `worker_processes`, HAProxy's `nbthread`. Default: trackproxy one thread per core (as
+    /// shipped), nginx one worker, HAProxy one thread (the issue's reference figures).
     #[arg(long)]
     workers: Option<usize>,
     /// Idle keep-alive TLS connections for the memory measurement (0: skip it).
@@ -85,7 +100,8 @@ struct Args {
     /// Make the idle connections HTTP/2 (ALPN h2) instead of HTTP/1.1.
     #[arg(long)]
     idle_h2: bool,
-    /// Quick check: 1 round of 1 s per scenario, 200 idle connections; fails on any error.
+    /// Quick check: 1 round of short measurements, each scenario, upstream and logging mode
+    /// at least once, 200 idle connections; fails on any error.
     #[arg(long)]
     smoke: bool,
     /// The trackproxy binary (default: the one cargo built for this bench, release profile).
@@ -94,6 +110,9 @@ struct Args {
     /// The nginx binary (default: `nginx` on the PATH, else /usr/sbin/nginx).
     #[arg(long)]
     nginx: Option<PathBuf>,
+    /// The haproxy binary (default: `haproxy` on the PATH, else /usr/sbin/haproxy).
+    #[arg(long)]
+    haproxy: Option<PathBuf>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -104,6 +123,30 @@ impl Args {
         let mut a = Args::parse_from(["load"]);
         a.smoke = true;
         a
+    }
+
+    /// The cases to run, in order: each logging mode, upstream and scenario. The smoke mode
+    /// runs each scenario once (the first logging mode and upstream), and the first scenario in
+    /// every other logging mode and upstream: every client path and every proxy configuration
+    /// once.
+    fn cases(&self) -> Vec<Case> {
+        let in_smoke = |c: &Case| {
+            c.scenario == self.scenarios[0]
+                || (c.logging == self.logging[0] && c.upstream == self.upstreams[0])
+        };
+        self.logging
+            .iter()
+            .flat_map(|&logging| {
+                self.upstreams.iter().flat_map(move |&upstream| {
+                    self.scenarios.iter().map(move |&scenario| Case {
+                        logging,
+                        upstream,
+                        scenario,
+                    })
+                })
+            })
+            .filter(|c| !self.smoke || in_smoke(c))
+            .collect()
     }
 }
 
@@ -124,9 +167,12 @@ fn main() -> ExitCode {
     };
     if args.smoke {
         args.rounds = 1;
-        args.duration = 1.0;
-        args.warmup = 0.3;
+        args.duration = 0.5;
+        // Long enough for the debug builds under `cargo test` to open their connections (h2:
+        // 320 upstream TLS handshakes).
+        args.warmup = 1.0;
         args.idle = args.idle.min(200);
+        args.logging = vec![Logging::On, Logging::Off];
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -181,11 +227,29 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// One measurement of one proxy on one scenario.
+/// What is measured besides the proxy: the logging mode, the upstream, the scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Case {
+    logging: Logging,
+    upstream: Scheme,
+    scenario: Scenario,
+}
+
+impl Case {
+    fn setup(self) -> Setup {
+        Setup {
+            logging: self.logging,
+            upstream: self.upstream,
+            count_handshakes: self.scenario.new_connections(),
+        }
+    }
+}
+
+/// One measurement of one proxy on one case.
 #[derive(Debug, Clone)]
 struct Run {
     round: usize,
-    scenario: Scenario,
+    case: Case,
     proxy: Which,
     requests: u64,
     rps: f64,
@@ -198,6 +262,9 @@ struct Run {
     per_cpu_s: f64,
     peak_rss_mib: f64,
     upstream_conns: u64,
+    /// Requests answered, warm-up included, and the request lines in the proxy's access log.
+    answered: u64,
+    log_lines: Option<u64>,
     client_handshakes: Handshakes,
     server_handshakes: Option<Handshakes>,
     /// CPU share of the machine used by neither the proxy nor this harness.
@@ -208,70 +275,59 @@ async fn run(args: &Args) -> Result<bool> {
     if args.rounds == 0 || args.duration <= 0.0 {
         bail!("--rounds and --duration must be positive");
     }
-    if args.idle > 0 {
-        let need = args.idle as u64 + 4096;
-        let got = rlimit::increase_nofile_limit(need).context("raising the open-file limit")?;
-        if got < need {
-            bail!(
-                "open-file limit is {got}, {need} needed for --idle {}: raise the hard limit (ulimit -Hn) or lower --idle",
-                args.idle
-            );
-        }
+    if args.scenarios.is_empty() || args.upstreams.is_empty() || args.logging.is_empty() {
+        bail!("--scenarios, --upstreams and --logging must not be empty");
     }
+    raise_open_files(2 * args.idle as u64 + 4096, args.idle)?;
+    // Under the build's target directory rather than /tmp (a tmpfs on some systems): the access
+    // logs are written to disk, as in production.
     let dir = tempfile::Builder::new()
         .prefix("trackproxy-load")
-        .tempdir()?;
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     // nginx's worker drops root privileges and must reach its temp directories.
     std::fs::set_permissions(
         dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )?;
-    let pki = pki::Pki::create(dir.path())?;
-    let roots = pki.roots()?;
-    let upstream = Upstream::start(pki.upstream_tls()?).await?;
-    let trackproxy = args
-        .trackproxy
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trackproxy")));
-    let env = Env {
-        dir: dir.path().to_owned(),
-        pki,
-        upstream: upstream.addr,
-        trackproxy,
-        nginx: args.nginx.clone().unwrap_or_else(nginx_binary),
-        workers: args.workers.map(|w| w.max(1)),
-    };
+    let env = start_env(args, dir.path()).await?;
+    let roots = env.pki.roots()?;
+    let cases = args.cases();
     eprintln!(
-        "load: {} round(s) × {} scenario(s) × {} prox(ies), workers {}, {} s warm-up + {} s each; {} idle connections; trackproxy = {}; load average {}",
+        "load: {} round(s) × {} case(s) × {} prox(ies), workers {}, {} s warm-up + {} s each; {} idle connections; trackproxy = {}; load average {}",
         args.rounds,
-        args.scenarios.len(),
+        cases.len(),
         args.proxies.len(),
         args.workers.map_or_else(
-            || "trackproxy: one per core, nginx: 1".to_owned(),
+            || "trackproxy: one per core, nginx: 1, HAProxy: 1".to_owned(),
             |w| w.to_string()
         ),
         args.warmup,
         args.duration,
         args.idle,
         env.trackproxy.display(),
-        load_average(),
+        report::load_average(),
     );
 
     let mut ok = true;
+    let first = Setup {
+        logging: args.logging[0],
+        upstream: args.upstreams[0],
+        count_handshakes: true,
+    };
     for &p in &args.proxies {
-        ok &= resumption_probe(p, &env, &roots).await?;
+        ok &= resumption_probe(p, &env, first, &roots).await?;
     }
 
     let mut runs = Vec::new();
     for round in 0..args.rounds {
-        for &scenario in &args.scenarios {
+        for &case in &cases {
+            // Each proxy takes each place in the order in turn.
             let mut order = args.proxies.clone();
-            if round % 2 == 1 {
-                order.reverse();
-            }
+            let n = order.len().max(1);
+            order.rotate_left(round % n);
             for p in order {
-                let r = measure(p, scenario, round, args, &env, &upstream, &roots).await?;
-                eprintln!("{}", progress_line(&r, args.rounds));
+                let r = measure(p, case, round, args, &env, &roots).await?;
+                eprintln!("{}", report::progress_line(&r, args.rounds));
                 runs.push(r);
             }
         }
@@ -279,8 +335,12 @@ async fn run(args: &Args) -> Result<bool> {
 
     let mut idle = Vec::new();
     if args.idle > 0 {
+        let setup = Setup {
+            count_handshakes: false,
+            ..first
+        };
         for &p in &args.proxies {
-            let m = measure_idle(p, args.idle, args.idle_h2, &env, &roots).await?;
+            let m = measure_idle(p, args.idle, args.idle_h2, &env, setup, &roots).await?;
             eprintln!(
                 "idle {p}: {:.1} MiB with {} connections ({:.1} MiB before)",
                 m.rss_mib, m.connections, m.base_mib
@@ -289,29 +349,55 @@ async fn run(args: &Args) -> Result<bool> {
         }
     }
 
-    println!("{}", report(&runs, &idle, args));
-    ok &= verdict(&runs, args.smoke, upstream.bad_host());
+    println!("{}", report::report(&runs, &idle, args));
+    ok &= verdict(
+        &runs,
+        args.smoke,
+        env.https.bad_host() + env.http.bad_host(),
+    );
     Ok(ok)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Certificates, the two upstreams, and the proxies' binaries.
+async fn start_env(args: &Args, dir: &Path) -> Result<Env> {
+    let pki = pki::Pki::create(dir)?;
+    Ok(Env {
+        dir: dir.to_owned(),
+        https: Upstream::start(Some(pki.upstream_tls()?)).await?,
+        http: Upstream::start(None).await?,
+        pki,
+        trackproxy: args
+            .trackproxy
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_trackproxy"))),
+        nginx: args.nginx.clone().unwrap_or_else(|| system_binary("nginx")),
+        haproxy: args
+            .haproxy
+            .clone()
+            .unwrap_or_else(|| system_binary("haproxy")),
+        workers: args.workers.map(|w| w.max(1)),
+        max_connections: args.idle + 1000,
+    })
+}
+
 async fn measure(
     proxy: Which,
-    scenario: Scenario,
+    case: Case,
     round: usize,
     args: &Args,
     env: &Env,
-    upstream: &Upstream,
     roots: &rustls::RootCertStore,
 ) -> Result<Run> {
-    let running = Running::start(proxy, env, scenario == Scenario::H1NewConnection).await?;
+    let running = Running::start(proxy, env, case.setup()).await?;
     let client = Client::new(running.addr, roots)?;
+    let upstream = env.upstream(case.upstream);
     let up0 = upstream.connections();
     let now = Instant::now();
     let w = Window {
         start: now + Duration::from_secs_f64(args.warmup),
         end: now + Duration::from_secs_f64(args.warmup + args.duration),
     };
+    let scenario = case.scenario;
     let load = tokio::spawn(async move { client.run(scenario, w).await });
 
     tokio::time::sleep_until(w.start.into()).await;
@@ -320,14 +406,9 @@ async fn measure(
     let (cpu1, busy1, self1, t1) = snapshot(&running);
     let tally = load.await.context("load generator")?;
 
-    let tp_handshakes = if proxy == Which::Trackproxy {
-        running.trackproxy_handshakes().await
-    } else {
-        None
-    };
     let peak_rss_mib = running.peak_rss_kib() as f64 / 1024.0;
     let upstream_conns = upstream.connections() - up0;
-    let nginx_handshakes = running.stop().await?;
+    let stopped = running.stop().await?;
 
     let secs = t1.duration_since(t0).as_secs_f64();
     let cpu_s = cpu1 - cpu0;
@@ -337,7 +418,7 @@ async fn measure(
     let other = ((busy1 - busy0) - cpu_s - (self1 - self0)).max(0.0) / (secs * cores());
     Ok(Run {
         round,
-        scenario,
+        case,
         proxy,
         requests,
         rps: requests as f64 / secs,
@@ -354,8 +435,10 @@ async fn measure(
         },
         peak_rss_mib,
         upstream_conns,
+        answered: tally.answered,
+        log_lines: stopped.log_lines,
         client_handshakes: tally.handshakes,
-        server_handshakes: nginx_handshakes.or(tp_handshakes),
+        server_handshakes: stopped.handshakes,
         other_cpu: other,
     })
 }
@@ -369,25 +452,36 @@ fn snapshot(running: &Running) -> (f64, f64, f64, Instant) {
     )
 }
 
-/// `nginx` from the PATH, or Debian's /usr/sbin/nginx when /usr/sbin is not on it.
-fn nginx_binary() -> PathBuf {
+/// Raises the open-file limit to `need`: the harness holds the client side of `--idle`
+/// connections, and the proxies inherit the limit (HAProxy wants two descriptors per
+/// connection it may accept). Past the hard limit only root can go.
+fn raise_open_files(need: u64, idle: usize) -> Result<()> {
+    let mut got = rlimit::increase_nofile_limit(need).context("raising the open-file limit")?;
+    if got < need && rlimit::setrlimit(rlimit::Resource::NOFILE, need, need).is_ok() {
+        got = need;
+    }
+    if got < need {
+        bail!(
+            "open-file limit is {got}, {need} needed for --idle {idle}: raise the hard limit (ulimit -Hn) or lower --idle"
+        );
+    }
+    Ok(())
+}
+
+/// `name` from the PATH, or Debian's /usr/sbin/`name` when /usr/sbin is not on it.
+fn system_binary(name: &str) -> PathBuf {
     let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("nginx").is_file()));
-    if on_path || !std::path::Path::new("/usr/sbin/nginx").is_file() {
-        PathBuf::from("nginx")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
+    let sbin = Path::new("/usr/sbin").join(name);
+    if on_path || !sbin.is_file() {
+        PathBuf::from(name)
     } else {
-        PathBuf::from("/usr/sbin/nginx")
+        sbin
     }
 }
 
 fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 /// Latency at quantile `q` of sorted µs samples, in ms.
@@ -400,24 +494,24 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
 }
 
 /// A client that resumes connects twice: the second handshake must be seen as resumed by the
-/// client and, where the proxy counts it, by the server. This proves the checks that guard
-/// the new-connection scenario can fail.
-async fn resumption_probe(proxy: Which, env: &Env, roots: &rustls::RootCertStore) -> Result<bool> {
-    let running = Running::start(proxy, env, true).await?;
+/// client and by the server's count. This proves the checks that guard the new-connection
+/// scenarios can fail.
+async fn resumption_probe(
+    proxy: Which,
+    env: &Env,
+    setup: Setup,
+    roots: &rustls::RootCertStore,
+) -> Result<bool> {
+    let running = Running::start(proxy, env, setup).await?;
     let client = Client::new(running.addr, roots)?;
     let kind = client.resumption_probe(roots).await?;
-    let tp = if proxy == Which::Trackproxy {
-        running.trackproxy_handshakes().await
-    } else {
-        None
-    };
-    let server = running.stop().await?.or(tp);
+    let server = running.stop().await?.handshakes;
     let client_ok = kind == HandshakeKind::Resumed;
-    let server_ok = server.is_none_or(|h| h.resumed >= 1 && h.full >= 1);
+    let server_ok = server.is_some_and(|h| h.resumed >= 1 && h.full >= 1);
     eprintln!(
         "resumption probe {proxy}: client saw {kind:?} on reconnect; server counted {}",
         server.map_or_else(
-            || "n/a (no server-side counter yet)".to_owned(),
+            || "nothing (no count)".to_owned(),
             |h| format!("{} full / {} resumed", h.full, h.resumed)
         )
     );
@@ -429,6 +523,7 @@ async fn resumption_probe(proxy: Which, env: &Env, roots: &rustls::RootCertStore
     Ok(client_ok && server_ok)
 }
 
+/// Memory of one proxy holding idle connections.
 struct Idle {
     proxy: Which,
     connections: usize,
@@ -441,9 +536,10 @@ async fn measure_idle(
     n: usize,
     h2: bool,
     env: &Env,
+    setup: Setup,
     roots: &rustls::RootCertStore,
 ) -> Result<Idle> {
-    let running = Running::start(proxy, env, false).await?;
+    let running = Running::start(proxy, env, setup).await?;
     let client = Client::new(running.addr, roots)?;
     // One request first, so the upstream pool and lazily built state exist in the baseline.
     drop(client.open_idle(1, h2).await?);
@@ -464,274 +560,42 @@ async fn measure_idle(
     })
 }
 
-fn progress_line(r: &Run, rounds: usize) -> String {
-    let mut s = format!(
-        "round {}/{rounds} {:<17} {:<10} {:>8.0} req/s  p99 {:>6.2} ms  {:>7.0} req/CPU-s  errors {}  RSS {:.1} MiB  upstream conns {}  other load {:.0}%",
-        r.round + 1,
-        r.scenario.name(),
-        r.proxy,
-        r.rps,
-        r.p99_ms,
-        r.per_cpu_s,
-        r.errors,
-        r.peak_rss_mib,
-        r.upstream_conns,
-        r.other_cpu * 100.0
-    );
-    if r.scenario == Scenario::H1NewConnection {
-        let _ = write!(
-            s,
-            "  handshakes client {}/{} full/resumed",
-            r.client_handshakes.full, r.client_handshakes.resumed
-        );
-        if let Some(h) = r.server_handshakes {
-            let _ = write!(s, ", server {}/{}", h.full, h.resumed);
-        }
-    }
-    if let Some(e) = &r.first_error {
-        let _ = write!(s, "  first error: {e}");
-    }
-    s
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        f64::midpoint(v[n / 2 - 1], v[n / 2])
-    }
-}
-
-fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
-            (lo.min(*x), hi.max(*x))
-        })
-}
-
-/// Median with its spread over rounds: `12 345 (11 900–12 800)`.
-fn spread(v: &[f64], decimals: usize) -> String {
-    let (lo, hi) = min_max(v);
-    if v.len() < 2 {
-        return format!("{:.*}", decimals, median(v.to_vec()));
-    }
-    format!(
-        "{:.*} ({:.*}–{:.*})",
-        decimals,
-        median(v.to_vec()),
-        decimals,
-        lo,
-        decimals,
-        hi
-    )
-}
-
-#[allow(clippy::too_many_lines)] // one table after the other
-fn report(runs: &[Run], idle: &[Idle], args: &Args) -> String {
-    let mut out = String::new();
-    if args.smoke {
-        let _ = writeln!(
-            out,
-            "\nSMOKE RUN: a functional check. One short round (and, under `cargo test`, debug builds): the figures below are not a measurement."
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n{} round(s), {} s measured per scenario and proxy (medians; min–max over rounds in brackets)\n",
-        args.rounds, args.duration
-    );
-    let _ = writeln!(
-        out,
-        "| scenario | proxy | requests/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU s | requests per proxy CPU-s | peak RSS MiB | upstream conns |"
-    );
-    let _ = writeln!(
-        out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    let by = |s: Scenario, p: Which| -> Vec<&Run> {
-        runs.iter()
-            .filter(|r| r.scenario == s && r.proxy == p)
-            .collect()
-    };
-    for &s in &args.scenarios {
-        for &p in &args.proxies {
-            let rs = by(s, p);
-            if rs.is_empty() {
-                continue;
-            }
-            let f = |g: fn(&Run) -> f64| rs.iter().map(|r| g(r)).collect::<Vec<f64>>();
-            let _ = writeln!(
-                out,
-                "| {} | {p} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {} | {:.1} | {:.0} |",
-                s.name(),
-                median(f(|r| r.rps)),
-                median(f(|r| r.p50_ms)),
-                median(f(|r| r.p99_ms)),
-                median(f(|r| r.p999_ms)),
-                rs.iter().map(|r| r.errors).sum::<u64>(),
-                median(f(|r| r.cpu_s)),
-                spread(&f(|r| r.per_cpu_s), 0),
-                median(f(|r| r.peak_rss_mib)),
-                median(f(|r| r.upstream_conns as f64)),
-            );
-        }
-    }
-
-    if args.proxies.contains(&Which::Trackproxy) && args.proxies.contains(&Which::Nginx) {
-        let _ = writeln!(
-            out,
-            "\ntrackproxy / nginx, per round (median, min–max):\n\n| scenario | requests per proxy CPU-s | target | p99 latency | target | peak RSS | target | requests/s |\n|---|---:|---|---:|---|---:|---|---:|"
-        );
-        for &s in &args.scenarios {
-            let tp = by(s, Which::Trackproxy);
-            let ng = by(s, Which::Nginx);
-            let rounds: BTreeMap<usize, (&Run, &Run)> = tp
-                .iter()
-                .filter_map(|t| {
-                    ng.iter()
-                        .find(|n| n.round == t.round)
-                        .map(|n| (t.round, (*t, *n)))
-                })
-                .collect();
-            let ratio = |g: fn(&Run) -> f64| -> Vec<f64> {
-                rounds.values().map(|(t, n)| g(t) / g(n)).collect()
-            };
-            let per_cpu = ratio(|r| r.per_cpu_s);
-            let p99 = ratio(|r| r.p99_ms);
-            let rss = ratio(|r| r.peak_rss_mib);
-            let need = if s == Scenario::H1NewConnection {
-                2.0
-            } else {
-                1.0
-            };
-            let met = |ok: bool| if ok { "met" } else { "**missed**" };
-            let p99_target = if s == Scenario::H1NewConnection {
-                "—".to_owned()
-            } else {
-                format!("≤ 1.0: {}", met(median(p99.clone()) <= 1.0))
-            };
-            let _ = writeln!(
-                out,
-                "| {} | {} | ≥ {need:.1}: {} | {} | {p99_target} | {} | ≤ 1.0: {} | {} |",
-                s.name(),
-                spread(&per_cpu, 2),
-                met(median(per_cpu.clone()) >= need),
-                spread(&p99, 2),
-                spread(&rss, 2),
-                met(median(rss.clone()) <= 1.0),
-                spread(&ratio(|r| r.rps), 2),
-            );
-        }
-    }
-
-    if !idle.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nMemory with idle keep-alive TLS connections ({}; one request made on each, then idle):\n\n| proxy | idle connections | RSS before MiB | RSS with them MiB | KiB per connection | target |\n|---|---:|---:|---:|---:|---|",
-            if args.idle_h2 { "HTTP/2" } else { "HTTP/1.1" }
-        );
-        for m in idle {
-            let per = (m.rss_mib - m.base_mib) * 1024.0 / m.connections.max(1) as f64;
-            let target = if m.proxy == Which::Trackproxy && m.connections >= 10_000 {
-                format!(
-                    "< 100 MiB: {}",
-                    if m.rss_mib < 100.0 {
-                        "met"
-                    } else {
-                        "**missed**"
-                    }
-                )
-            } else {
-                "—".to_owned()
-            };
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.1} | {:.1} | {per:.1} | {target} |",
-                m.proxy, m.connections, m.base_mib, m.rss_mib
-            );
-        }
-    }
-
-    let others: Vec<f64> = runs.iter().map(|r| r.other_cpu * 100.0).collect();
-    if !others.is_empty() {
-        let (_, hi) = min_max(&others);
-        let _ = writeln!(
-            out,
-            "\nNoise: other processes used {:.0}% of the machine's CPU during the median measurement (max {hi:.0}%); load average now {}.",
-            median(others.clone()),
-            load_average()
-        );
-    }
-    let nc: Vec<&Run> = runs
-        .iter()
-        .filter(|r| r.scenario == Scenario::H1NewConnection)
-        .collect();
-    for &p in &args.proxies {
-        let rs: Vec<&&Run> = nc.iter().filter(|r| r.proxy == p).collect();
-        if rs.is_empty() {
-            continue;
-        }
-        let c = rs.iter().fold(Handshakes::default(), |a, r| Handshakes {
-            full: a.full + r.client_handshakes.full,
-            resumed: a.resumed + r.client_handshakes.resumed,
-        });
-        let server =
-            rs.iter()
-                .map(|r| r.server_handshakes)
-                .try_fold(Handshakes::default(), |a, h| {
-                    h.map(|h| Handshakes {
-                        full: a.full + h.full,
-                        resumed: a.resumed + h.resumed,
-                    })
-                });
-        let _ = writeln!(
-            out,
-            "h1-new-connection handshakes, {p}: client {} full / {} resumed; server {}.",
-            c.full,
-            c.resumed,
-            server.map_or_else(
-                || "not counted (metric not available yet)".to_owned(),
-                |h| format!("{} full / {} resumed", h.full, h.resumed)
-            )
-        );
-    }
-    out
-}
-
-/// Whether the run is valid: no resumed handshake in the new-connection scenario, every
-/// request answered with the branded `Host`; in smoke mode also no error at all.
+/// Whether the run is valid: no resumed handshake in the new-connection scenarios, every
+/// request answered with the branded `Host`, with logging on every answered request in the
+/// access log; in smoke mode also no error at all.
 fn verdict(runs: &[Run], smoke: bool, bad_host: u64) -> bool {
     let mut ok = true;
     for r in runs {
+        let what = format!(
+            "{} in {} (upstream {}, logging {}, round {})",
+            r.proxy,
+            r.case.scenario.name(),
+            r.case.upstream,
+            r.case.logging,
+            r.round + 1
+        );
         let resumed = r.client_handshakes.resumed + r.server_handshakes.map_or(0, |h| h.resumed);
-        if r.scenario == Scenario::H1NewConnection && resumed > 0 {
-            eprintln!(
-                "load: FAILED: {} resumed {resumed} TLS session(s) in h1-new-connection (round {})",
-                r.proxy,
-                r.round + 1
-            );
+        if r.case.scenario.new_connections() && resumed > 0 {
+            eprintln!("load: FAILED: {what}: {resumed} TLS session(s) resumed");
             ok = false;
         }
         if r.requests == 0 {
+            eprintln!("load: FAILED: {what}: no request completed");
+            ok = false;
+        }
+        if let Some(lines) = r.log_lines
+            && lines < r.answered
+        {
             eprintln!(
-                "load: FAILED: {} completed no request in {} (round {})",
-                r.proxy,
-                r.scenario.name(),
-                r.round + 1
+                "load: FAILED: {what}: {lines} access-log lines for {} requests answered",
+                r.answered
             );
             ok = false;
         }
         if smoke && r.errors > 0 {
             eprintln!(
-                "load: FAILED: {} had {} error(s) in {}: {}",
-                r.proxy,
+                "load: FAILED: {what}: {} error(s): {}",
                 r.errors,
-                r.scenario.name(),
                 r.first_error.as_deref().unwrap_or("")
             );
             ok = false;

@@ -1,7 +1,15 @@
-//! The two proxies under test, each started as child processes with a configuration the harness
+//! The proxies under test, each started as child processes with a configuration the harness
 //! writes, on ephemeral loopback ports, and what `/proc` says about them (CPU time, RSS).
+//!
+//! With logging on, each logs every request as a user runs it, with the same fields (those of
+//! trackproxy's access log, README "Logs"), to a file in the run's directory: trackproxy with its
+//! shipped logging (`info`, JSON lines to stdout, stdout sent to the file); nginx to a buffered
+//! access log (`buffer=64k flush=1s`); HAProxy with `log stdout format raw` in the foreground
+//! (as its container image is run: it writes each line itself, where a syslog target would put
+//! the cost in another process that the harness does not count), stdout sent to the file.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
+use std::io::BufRead as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio::process::{Child, Command};
 
 use crate::pki::{HOST, Pki};
+use crate::upstream::Upstream;
 
 /// Which proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -21,6 +30,8 @@ pub(crate) enum Which {
     Trackproxy,
     /// nginx from the Debian package.
     Nginx,
+    /// HAProxy from the Debian package.
+    Haproxy,
 }
 
 impl fmt::Display for Which {
@@ -28,8 +39,58 @@ impl fmt::Display for Which {
         f.pad(match self {
             Which::Trackproxy => "trackproxy",
             Which::Nginx => "nginx",
+            Which::Haproxy => "HAProxy",
         })
     }
+}
+
+/// How the proxies reach the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scheme {
+    /// TLS, the certificate verified (as sendgrid.net is reached).
+    Https,
+    /// Plain HTTP (an upstream on the same host or network).
+    Http,
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        })
+    }
+}
+
+/// Whether the proxies log every request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Logging {
+    /// Access logs on, as each is run (see the module documentation).
+    On,
+    /// No access log: trackproxy at `log.level = "warn"`, nginx `access_log off`, HAProxy
+    /// without `log`.
+    Off,
+}
+
+impl fmt::Display for Logging {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Logging::On => "on",
+            Logging::Off => "off",
+        })
+    }
+}
+
+/// What a proxy is started with for one measurement.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Setup {
+    /// Access logs.
+    pub(crate) logging: Logging,
+    /// Which upstream.
+    pub(crate) upstream: Scheme,
+    /// Make nginx log `$ssl_session_reused` for every request (it has no counter of its own;
+    /// used in the new-connection scenarios only).
+    pub(crate) count_handshakes: bool,
 }
 
 /// What the proxies are started with.
@@ -38,15 +99,33 @@ pub(crate) struct Env {
     pub(crate) dir: PathBuf,
     /// Certificates.
     pub(crate) pki: Pki,
-    /// The upstream both forward to.
-    pub(crate) upstream: SocketAddr,
+    /// The upstream over TLS.
+    pub(crate) https: Upstream,
+    /// The upstream over plain HTTP.
+    pub(crate) http: Upstream,
     /// The trackproxy binary.
     pub(crate) trackproxy: PathBuf,
     /// The nginx binary.
     pub(crate) nginx: PathBuf,
-    /// Worker threads (trackproxy, `TOKIO_WORKER_THREADS`) and worker processes (nginx,
-    /// `worker_processes`); `None`: trackproxy's default (one per core), nginx 1.
+    /// The haproxy binary.
+    pub(crate) haproxy: PathBuf,
+    /// Worker threads (trackproxy, `TOKIO_WORKER_THREADS`; HAProxy, `nbthread`) and worker
+    /// processes (nginx, `worker_processes`); `None`: trackproxy's default (one per core),
+    /// nginx 1, HAProxy 1.
     pub(crate) workers: Option<usize>,
+    /// Connections a proxy must take at once (HAProxy's `maxconn`; the others have no lower
+    /// limit than the harness's).
+    pub(crate) max_connections: usize,
+}
+
+impl Env {
+    /// The upstream reached over `scheme`.
+    pub(crate) fn upstream(&self, scheme: Scheme) -> &Upstream {
+        match scheme {
+            Scheme::Https => &self.https,
+            Scheme::Http => &self.http,
+        }
+    }
 }
 
 /// Client/server handshake counts of a run.
@@ -58,6 +137,16 @@ pub(crate) struct Handshakes {
     pub(crate) resumed: u64,
 }
 
+/// What a proxy said about its run, read when it was stopped.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stopped {
+    /// Handshakes as the server counted them (trackproxy's metric, HAProxy's stats, nginx's
+    /// `$ssl_session_reused` log); `None` where there is no count.
+    pub(crate) handshakes: Option<Handshakes>,
+    /// Lines in its access log (`None` with logging off).
+    pub(crate) log_lines: Option<u64>,
+}
+
 /// A running proxy; killed when dropped.
 pub(crate) struct Running {
     /// Which one.
@@ -65,25 +154,38 @@ pub(crate) struct Running {
     /// Its HTTPS listener.
     pub(crate) addr: SocketAddr,
     child: Child,
-    /// Process ids whose CPU and memory count (nginx: master and workers).
+    /// Process ids whose CPU and memory count (nginx, HAProxy: master and workers).
     pids: Vec<u32>,
-    /// trackproxy's admin listener (for its handshake metric).
+    files: Files,
+}
+
+/// Where a started proxy's output goes, and how to ask it for its handshake count.
+#[derive(Default)]
+struct Files {
+    /// trackproxy's admin listener (its handshake metric).
     admin: Option<SocketAddr>,
+    /// HAProxy's stats socket (its handshake counters).
+    stats: Option<PathBuf>,
     /// nginx's `$ssl_session_reused` log, when enabled.
     reuse_log: Option<PathBuf>,
-    /// Where its stdout/stderr/error log go.
+    /// The access log, with logging on.
+    access_log: Option<PathBuf>,
+    /// Where its errors go (shown when it fails).
     log: PathBuf,
 }
 
+/// Marks an access-log line in all three formats (trackproxy's JSON has it; the other two are
+/// written with it).
+const ACCESS_MARK: &[u8] = br#""message":"request""#;
+
 impl Running {
-    /// Starts `which`. `count_handshakes` makes nginx log `$ssl_session_reused` for every
-    /// request (used in the new-connection scenario only: otherwise its access log is off).
-    pub(crate) async fn start(which: Which, env: &Env, count_handshakes: bool) -> Result<Self> {
+    /// Starts `which` with `setup`.
+    pub(crate) async fn start(which: Which, env: &Env, setup: Setup) -> Result<Self> {
         let mut last = None;
         // Ports are picked by binding :0 and releasing them; another process could take one in
         // between, so retry with fresh ports.
         for _ in 0..3 {
-            match Self::try_start(which, env, count_handshakes).await {
+            match Self::try_start(which, env, setup).await {
                 Ok(r) => return Ok(r),
                 Err(e) => last = Some(e),
             }
@@ -91,57 +193,12 @@ impl Running {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("{which} did not start")))
     }
 
-    async fn try_start(which: Which, env: &Env, count_handshakes: bool) -> Result<Self> {
+    async fn try_start(which: Which, env: &Env, setup: Setup) -> Result<Self> {
         let https = free_port()?;
-        let (mut child, admin, reuse_log, log) = match which {
-            Which::Trackproxy => {
-                let http = free_port()?;
-                let admin = free_port()?;
-                let cfg = crate::job::trackproxy_config(
-                    &env.pki,
-                    env.upstream.port(),
-                    https,
-                    http,
-                    admin,
-                );
-                let path = env.dir.join("trackproxy.toml");
-                std::fs::write(&path, cfg)?;
-                let log = env.dir.join("trackproxy.log");
-                let child = spawn_trackproxy(env, &path, &log)?;
-                (child, Some(admin), None, log)
-            }
-            Which::Nginx => {
-                let prefix = env.dir.join("nginx");
-                std::fs::create_dir_all(prefix.join("tmp"))?;
-                let reuse_log = count_handshakes.then(|| prefix.join("reused.log"));
-                if let Some(p) = &reuse_log {
-                    let _ = std::fs::remove_file(p);
-                }
-                let cfg = nginx_config(env, &prefix, https, reuse_log.as_deref());
-                let path = prefix.join("nginx.conf");
-                std::fs::write(&path, cfg)?;
-                let log = prefix.join("error.log");
-                let _ = std::fs::remove_file(&log);
-                let child = Command::new(&env.nginx)
-                    .arg("-p")
-                    .arg(&prefix)
-                    .arg("-c")
-                    .arg(&path)
-                    .arg("-e")
-                    .arg(&log)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| {
-                        format!(
-                            "starting {} (install it: apt-get install -y nginx-light)",
-                            env.nginx.display()
-                        )
-                    })?;
-                (child, None, reuse_log, log)
-            }
+        let (mut child, files) = match which {
+            Which::Trackproxy => start_trackproxy(env, setup, https)?,
+            Which::Nginx => start_nginx(env, setup, https)?,
+            Which::Haproxy => start_haproxy(env, setup, https)?,
         };
         let pid = child.id().context("child has no pid")?;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -151,7 +208,7 @@ impl Running {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut err).await;
                 }
-                let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+                let log_text = std::fs::read_to_string(&files.log).unwrap_or_default();
                 bail!("{which} exited at start ({status}): {err}{log_text}");
             }
             if TcpStream::connect(("127.0.0.1", https)).await.is_ok() {
@@ -163,7 +220,7 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let mut pids = vec![pid];
-        if which == Which::Nginx {
+        if which != Which::Trackproxy {
             // The master forks its worker after binding: wait for it.
             loop {
                 let workers = children_of(pid);
@@ -172,7 +229,7 @@ impl Running {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("nginx started no worker");
+                    bail!("{which} started no worker");
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -182,9 +239,7 @@ impl Running {
             addr: SocketAddr::from(([127, 0, 0, 1], https)),
             child,
             pids,
-            admin: admin.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
-            reuse_log,
-            log,
+            files,
         })
     }
 
@@ -209,97 +264,285 @@ impl Running {
             .sum()
     }
 
-    /// Handshakes as trackproxy counts them (its `trackproxy_tls_handshakes_total` metric),
-    /// read before stopping it. `None` when the metric is not there.
-    pub(crate) async fn trackproxy_handshakes(&self) -> Option<Handshakes> {
-        // HOOK: trackproxy_tls_handshakes_total{kind="full"|"resumed"} comes with the admin
-        // listener's /metrics (another issue). Until it exists this returns None and the run
-        // relies on the client-side count alone.
-        let admin = self.admin?;
-        let text = scrape(admin).await?;
-        parse_handshake_metric(&text)
-    }
-
-    /// Stops the proxy gracefully and returns nginx's server-side handshake count (from its
-    /// `$ssl_session_reused` log, complete once the worker has exited and flushed it).
-    pub(crate) async fn stop(mut self) -> Result<Option<Handshakes>> {
+    /// Stops the proxy gracefully (nginx's and HAProxy's workers finish and flush their logs),
+    /// and returns its handshake count and the lines of its access log, which it then deletes.
+    pub(crate) async fn stop(mut self) -> Result<Stopped> {
+        // Counters kept in the process are read while it runs.
+        let mut handshakes = match self.which {
+            Which::Trackproxy => match self.files.admin {
+                Some(admin) => scrape(admin)
+                    .await
+                    .as_deref()
+                    .and_then(parse_handshake_metric),
+                None => None,
+            },
+            Which::Haproxy => match &self.files.stats {
+                Some(sock) => haproxy_handshakes(sock).await,
+                None => None,
+            },
+            Which::Nginx => None,
+        };
         let sig = match self.which {
-            // Graceful: workers finish, flush their buffered logs, exit.
             Which::Nginx => "-QUIT",
+            // HAProxy's master: soft stop.
+            Which::Haproxy => "-USR1",
             Which::Trackproxy => "-TERM",
         };
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill")
-                .args([sig, &pid.to_string()])
-                .status()
-                .await;
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-            bail!(
-                "{} did not stop within 10 s; log: {}",
-                self.which,
-                self.log.display()
-            );
-        }
-        let Some(path) = &self.reuse_log else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading nginx's handshake log {}", path.display()))?;
-        let mut h = Handshakes::default();
-        for line in text.lines() {
-            match line.trim() {
-                "r" => h.resumed += 1,
-                "." => h.full += 1,
-                _ => {}
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(pid) = self.child.id() {
+                let _ = Command::new("kill")
+                    .args([sig, &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            // HAProxy's master re-executes itself after starting its worker, and a signal that
+            // arrives meanwhile is lost (seen here in about 1 start in 8, stopping it right
+            // after it listens): it is sent again each second. Once is enough for the others.
+            let wait = if self.which == Which::Haproxy {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_secs(10)
+            };
+            let exited = tokio::time::timeout(wait, self.child.wait()).await.is_ok();
+            if exited {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill().await;
+                bail!(
+                    "{} did not stop within 10 s; log: {}",
+                    self.which,
+                    self.files.log.display()
+                );
             }
         }
-        Ok(Some(h))
+        if let Some(path) = &self.files.reuse_log {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading nginx's handshake log {}", path.display()))?;
+            let mut h = Handshakes::default();
+            for line in text.lines() {
+                match line.trim() {
+                    "r" => h.resumed += 1,
+                    "." => h.full += 1,
+                    _ => {}
+                }
+            }
+            handshakes = Some(h);
+            let _ = std::fs::remove_file(path);
+        }
+        let log_lines = match &self.files.access_log {
+            Some(path) => {
+                let n = access_lines(path)?;
+                // A measurement writes up to a few hundred MB: keep the disk use bounded.
+                let _ = std::fs::remove_file(path);
+                Some(n)
+            }
+            None => None,
+        };
+        Ok(Stopped {
+            handshakes,
+            log_lines,
+        })
     }
 }
 
-/// Runs `trackproxy serve --config PATH`, output to `log`, with `--workers` runtime threads if
-/// given (tokio's own `TOKIO_WORKER_THREADS`; by default one per core).
-fn spawn_trackproxy(env: &Env, config: &Path, log: &Path) -> Result<Child> {
-    let out = std::fs::File::create(log)?;
+/// Lines of an access log that are request lines.
+fn access_lines(path: &Path) -> Result<u64> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("opening the access log {}", path.display()))?;
+    let mut n = 0;
+    for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
+        let line = line?;
+        // The mark is near the start of a line in every format.
+        let head = &line[..line.len().min(160)];
+        if head.windows(ACCESS_MARK.len()).any(|w| w == ACCESS_MARK) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Runs `trackproxy serve --config PATH`, its stdout and stderr to a file, with `--workers`
+/// runtime threads if given (tokio's own `TOKIO_WORKER_THREADS`; by default one per core).
+fn start_trackproxy(env: &Env, setup: Setup, https: u16) -> Result<(Child, Files)> {
+    let admin = free_port()?;
+    let cfg = crate::job::trackproxy_config(
+        &env.pki,
+        &env.upstream(setup.upstream).url(),
+        https,
+        free_port()?,
+        admin,
+        match setup.logging {
+            Logging::On => None,
+            Logging::Off => Some("warn"),
+        },
+    );
+    let path = env.dir.join("trackproxy.toml");
+    std::fs::write(&path, cfg)?;
+    let log = env.dir.join("trackproxy.log");
+    let out = std::fs::File::create(&log)?;
     let mut cmd = Command::new(&env.trackproxy);
     cmd.env_remove("TOKIO_WORKER_THREADS");
     if let Some(w) = env.workers {
         cmd.env("TOKIO_WORKER_THREADS", w.to_string());
     }
-    cmd.args(["serve", "--config"])
-        .arg(config)
+    let child = cmd
+        .args(["serve", "--config"])
+        .arg(&path)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", env.trackproxy.display()))
+        .with_context(|| format!("starting {}", env.trackproxy.display()))?;
+    let files = Files {
+        admin: Some(SocketAddr::from(([127, 0, 0, 1], admin))),
+        access_log: (setup.logging == Logging::On).then(|| log.clone()),
+        log,
+        ..Files::default()
+    };
+    Ok((child, files))
+}
+
+fn start_nginx(env: &Env, setup: Setup, https: u16) -> Result<(Child, Files)> {
+    let prefix = env.dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("tmp"))?;
+    let files = Files {
+        reuse_log: setup.count_handshakes.then(|| prefix.join("reused.log")),
+        access_log: (setup.logging == Logging::On).then(|| prefix.join("access.log")),
+        log: prefix.join("error.log"),
+        ..Files::default()
+    };
+    for p in [&files.reuse_log, &files.access_log].into_iter().flatten() {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_file(&files.log);
+    let cfg = nginx_config(env, setup, &prefix, https, &files);
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, cfg)?;
+    let child = Command::new(&env.nginx)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(&files.log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (install it: apt-get install -y nginx-light)",
+                env.nginx.display()
+            )
+        })?;
+    Ok((child, files))
+}
+
+/// Runs `haproxy -W -db -f FILE` (master-worker, in the foreground), stdout (its log) and
+/// stderr to files.
+fn start_haproxy(env: &Env, setup: Setup, https: u16) -> Result<(Child, Files)> {
+    let dir = env.dir.join("haproxy");
+    std::fs::create_dir_all(&dir)?;
+    // `crt` takes the chain and the key in one file.
+    let crt = dir.join("proxy.pem");
+    std::fs::write(
+        &crt,
+        [
+            std::fs::read(&env.pki.proxy_cert)?,
+            std::fs::read(&env.pki.proxy_key)?,
+        ]
+        .concat(),
+    )?;
+    let stats = dir.join("stats.sock");
+    let _ = std::fs::remove_file(&stats);
+    let files = Files {
+        stats: Some(stats),
+        access_log: (setup.logging == Logging::On).then(|| dir.join("access.log")),
+        log: dir.join("stderr.log"),
+        ..Files::default()
+    };
+    let cfg = haproxy_config(env, setup, &crt, https, &files);
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg)?;
+    let stdout = match &files.access_log {
+        Some(p) => Stdio::from(std::fs::File::create(p)?),
+        None => Stdio::null(),
+    };
+    let child = Command::new(&env.haproxy)
+        .args(["-W", "-db", "-f"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(std::fs::File::create(&files.log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (install it: apt-get install -y haproxy)",
+                env.haproxy.display()
+            )
+        })?;
+    Ok((child, files))
 }
 
 fn free_port() -> Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn nginx_config(env: &Env, prefix: &Path, https: u16, reuse_log: Option<&Path>) -> String {
-    let log = reuse_log.map_or_else(
-        || "access_log off;".to_owned(),
-        |p| {
+/// nginx doing the job: one worker (as in the issue's reference figures) unless `--workers`;
+/// an upstream keep-alive pool larger than the peak concurrency (32 × 10 h2 streams);
+/// `keepalive_requests` raised from its default of 1000 so no connection is closed during a
+/// run.
+fn nginx_config(env: &Env, setup: Setup, prefix: &Path, https: u16, files: &Files) -> String {
+    let mut log = String::new();
+    if let Some(p) = &files.access_log {
+        // trackproxy's fields (README "Logs"); nginx's times are in seconds.
+        log.push_str(concat!(
+            r#"log_format access escape=json '{"timestamp":"$time_iso8601","level":"INFO","#,
+            r#""message":"request","client":"$remote_addr","host":"$host","#,
+            r#""method":"$request_method","path":"$uri","status":$status,"#,
+            r#""bytes":$body_bytes_sent,"duration":"$request_time","#,
+            r#""upstream":"$upstream_header_time","version":"$server_protocol","#,
+            r#""tls":"$ssl_protocol","request_id":"$request_id","#,
+            r#""user_agent":"$http_user_agent","completed":"$request_completion"}';"#,
+        ));
+        let _ = write!(
+            log,
+            "\n    access_log {} access buffer=64k flush=1s;\n    ",
+            p.display()
+        );
+    }
+    if let Some(p) = &files.reuse_log {
+        let _ = write!(
+            log,
+            "log_format reused '$ssl_session_reused';\n    access_log {} reused buffer=256k;",
+            p.display()
+        );
+    }
+    if log.is_empty() {
+        log.push_str("access_log off;");
+    }
+    let up = env.upstream(setup.upstream).addr.port();
+    let (scheme, upstream_tls) = match setup.upstream {
+        Scheme::Https => (
+            "https",
             format!(
-                "log_format reused '$ssl_session_reused';\n    access_log {} reused buffer=256k;",
-                p.display()
-            )
-        },
-    );
-    // One worker (as in the issue's reference figures) unless `--workers`; the upstream
-    // keep-alive pool is larger
-    // than the peak concurrency (32 × 10 h2 streams), and keepalive_requests is raised from its
-    // default of 1000 so no connection is closed during a run.
+                "
+            proxy_ssl_server_name on;
+            proxy_ssl_name localhost;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate {};
+            proxy_ssl_session_reuse on;",
+                env.pki.ca.display()
+            ),
+        ),
+        Scheme::Http => ("http", String::new()),
+    };
     format!(
         r"worker_processes {workers};
 worker_rlimit_nofile 65536;
@@ -335,29 +578,121 @@ http {{
         ssl_ecdh_curve X25519:prime256v1;
 
         location / {{
-            proxy_pass https://sendgrid;
+            proxy_pass {scheme}://sendgrid;
             proxy_http_version 1.1;
             proxy_set_header Connection '';
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_ssl_server_name on;
-            proxy_ssl_name localhost;
-            proxy_ssl_verify on;
-            proxy_ssl_trusted_certificate {ca};
-            proxy_ssl_session_reuse on;
+            proxy_set_header X-Forwarded-Host $http_host;{upstream_tls}
         }}
     }}
 }}
 ",
         prefix = prefix.display(),
-        up = env.upstream.port(),
         cert = env.pki.proxy_cert.display(),
         key = env.pki.proxy_key.display(),
-        ca = env.pki.ca.display(),
         workers = env.workers.unwrap_or(1),
     )
+}
+
+/// HAProxy doing the job: `nbthread 1` unless `--workers`, HTTP/2 and HTTP/1.1 (ALPN),
+/// `X-Forwarded-*` like trackproxy's, `Host` kept (HAProxy does not touch it), upstream
+/// connections shared between clients (`http-reuse always`), upstream TLS verified. The client's
+/// cipher order is followed (`prefer-client-ciphers`), as nginx and trackproxy do, so all three
+/// do the same crypto. The stats socket gives its handshake counters.
+fn haproxy_config(env: &Env, setup: Setup, crt: &Path, https: u16, files: &Files) -> String {
+    let (global_log, defaults_log, frontend_log) = if files.access_log.is_some() {
+        (
+            "log stdout format raw local0 info",
+            "log global",
+            // trackproxy's fields (README "Logs"); captures, because the request is gone when
+            // the line is written.
+            concat!(
+                "http-request capture req.hdr(host) len 128\n    ",
+                "http-request capture req.hdr(user-agent) len 512\n    ",
+                "unique-id-format %[uuid()]\n    ",
+                r#"log-format '{"timestamp":"%tr","level":"INFO","message":"request","#,
+                r#""client":"%ci","host":%{+Q,+E}[capture.req.hdr(0)],"method":"%HM","#,
+                r#""path":%{+Q,+E}HPO,"status":%ST,"bytes":%B,"duration_ms":%Ta,"#,
+                r#""upstream_ms":%Tr,"version":"%HV","tls":"%sslv","request_id":"%ID","#,
+                r#""user_agent":%{+Q,+E}[capture.req.hdr(1)],"completed":"%ts"}'"#,
+            ),
+        )
+    } else {
+        ("", "", "")
+    };
+    let up = env.upstream(setup.upstream).addr.port();
+    let upstream_tls = match setup.upstream {
+        Scheme::Https => format!(
+            " ssl verify required ca-file {} sni str(localhost) verifyhost localhost",
+            env.pki.ca.display()
+        ),
+        Scheme::Http => String::new(),
+    };
+    format!(
+        r"global
+    nbthread {threads}
+    maxconn {maxconn}
+    stats socket {stats} mode 600 level user
+    ssl-default-bind-options prefer-client-ciphers
+    {global_log}
+
+defaults
+    mode http
+    {defaults_log}
+    maxconn {maxconn}
+    option forwardfor
+    http-reuse always
+    timeout connect 3s
+    timeout server 30s
+    timeout client 600s
+    timeout http-request 600s
+    timeout http-keep-alive 600s
+
+frontend tracking
+    bind 127.0.0.1:{https} ssl crt {crt} alpn h2,http/1.1
+    {frontend_log}
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    default_backend sendgrid
+
+backend sendgrid
+    server up 127.0.0.1:{up} maxconn 1024{upstream_tls}
+",
+        threads = env.workers.unwrap_or(1),
+        maxconn = env.max_connections,
+        stats = files.stats.as_deref().unwrap_or(Path::new("")).display(),
+        crt = crt.display(),
+    )
+}
+
+/// HAProxy's frontend TLS counters from `show stat` on its stats socket: `ssl_sess` counts
+/// the handshakes that did not resume a session, `ssl_reused_sess` those that did
+/// (`ssl_sock_handshake` in HAProxy's `src/ssl_sock.c`).
+async fn haproxy_handshakes(sock: &Path) -> Option<Handshakes> {
+    let text = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut s = UnixStream::connect(sock).await.ok()?;
+        s.write_all(b"show stat\n").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(out)
+    })
+    .await
+    .ok()??;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (sess, reused) = (col("ssl_sess")?, col("ssl_reused_sess")?);
+    let row: Vec<&str> = lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|r| r.first() == Some(&"tracking") && r.get(1) == Some(&"FRONTEND"))?;
+    let sess: u64 = row.get(sess)?.parse().ok()?;
+    let reused: u64 = row.get(reused)?.parse().ok()?;
+    Some(Handshakes {
+        full: sess,
+        resumed: reused,
+    })
 }
 
 /// Processes whose parent is `pid`.

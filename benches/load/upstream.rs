@@ -1,5 +1,5 @@
-//! The upstream both proxies forward to: a small hyper server over TLS that answers like
-//! sendgrid.net (`/ls/click` → 302 + `Location`, `/wf/open` → the 43-byte GIF), counts the
+//! The upstream the proxies forward to: a small hyper server, over TLS or plain HTTP, that
+//! answers like sendgrid.net (`/ls/click` → 302 + `Location`, `/wf/open` → the 43-byte GIF), counts the
 //! connections it accepts, and refuses (400) any request whose `Host` is not the branded host —
 //! so a proxy that does not preserve `Host` shows up as errors.
 
@@ -37,6 +37,7 @@ struct Counters {
 pub(crate) struct Upstream {
     /// Its loopback address.
     pub(crate) addr: SocketAddr,
+    tls: bool,
     counters: Arc<Counters>,
     task: JoinHandle<()>,
 }
@@ -48,12 +49,13 @@ impl Drop for Upstream {
 }
 
 impl Upstream {
-    /// Listens on an ephemeral loopback port.
-    pub(crate) async fn start(tls: Arc<rustls::ServerConfig>) -> Result<Self> {
+    /// Listens on an ephemeral loopback port, over TLS with `tls`, else plain HTTP.
+    pub(crate) async fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
-        let acceptor = TlsAcceptor::from(tls);
+        let acceptor = tls.map(TlsAcceptor::from);
+        let tls = acceptor.is_some();
         let c = counters.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -65,24 +67,39 @@ impl Upstream {
                 let acceptor = acceptor.clone();
                 let c = c.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
                     let svc = hyper::service::service_fn(move |req| {
                         let c = c.clone();
                         async move { Ok::<_, Infallible>(answer(&req, &c)) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        Some(acceptor) => {
+                            let Ok(tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            http.serve_connection(TokioIo::new(tls), svc).await
+                        }
+                        None => http.serve_connection(TokioIo::new(tcp), svc).await,
+                    };
                 });
             }
         });
         Ok(Upstream {
             addr,
+            tls,
             counters,
             task,
         })
+    }
+
+    /// The URL a proxy is configured with: `https://localhost:PORT` (the name its certificate
+    /// has) or `http://127.0.0.1:PORT`.
+    pub(crate) fn url(&self) -> String {
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Connections accepted so far.
