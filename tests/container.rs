@@ -683,6 +683,72 @@ impl Drop for Compose {
     }
 }
 
+/// `deploy/compose` copied into `dir` as a user has it, plus their files (name, content).
+fn user_compose_dir(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let compose_dir = dir.join("compose");
+    std::fs::create_dir_all(compose_dir.join("certs")).unwrap();
+    for f in std::fs::read_dir(repo().join("deploy/compose")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), compose_dir.join(f.file_name())).unwrap();
+    }
+    for (name, content) in files {
+        write_readable(&compose_dir.join(name), content);
+    }
+    compose_dir
+}
+
+/// Published on free loopback ports, not on this machine's 443 and 80.
+fn loopback_publish() -> Vec<(String, String)> {
+    vec![
+        ("TRACKPROXY_HTTPS_PUBLISH".into(), "127.0.0.1:0".into()),
+        ("TRACKPROXY_HTTP_PUBLISH".into(), "127.0.0.1:0".into()),
+    ]
+}
+
+#[test]
+fn compose_single_host_keeps_the_acme_cache_on_its_named_volume() {
+    images();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = std::fs::read_to_string(acme_config(dir.path())).unwrap();
+    let compose_dir = user_compose_dir(dir.path(), &[("trackproxy.toml", &cfg)]);
+    let override_file = compose_dir.join("docker-compose.test.yml");
+    write_readable(
+        &override_file,
+        &format!("services:\n  trackproxy:\n    image: {IMAGE}\n"),
+    );
+    let compose = Compose {
+        cmd: compose_command(),
+        project: unique("single").replace('-', ""),
+        files: vec![compose_dir.join("docker-compose.yml"), override_file],
+        env: loopback_publish(),
+    };
+    compose.ok(&["up", "-d", "--no-build"]);
+    let c = compose.container("trackproxy");
+    let written = poll(Duration::from_secs(30), || {
+        assert!(
+            c.running() && c.inspect("{{.RestartCount}}") == "0",
+            "trackproxy does not stay up: {:?}",
+            c.logs()
+        );
+        backoff_written(&state_files(&c)).then_some(())
+    });
+    assert!(
+        written.is_some(),
+        "nothing written to the volume: {:?}",
+        c.logs()
+    );
+    c.wait_healthy();
+    // The volume is the compose file's named one, and outlives the container.
+    let mounts = c.inspect("{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}};{{end}}");
+    assert!(
+        mounts.contains(&format!(
+            "volume {}_acme /var/lib/trackproxy;",
+            compose.project
+        )),
+        "{mounts}"
+    );
+}
+
 /// A CA and a leaf for `host`: (ca PEM, chain PEM, key PEM).
 fn certificates(host: &str) -> (String, String, String) {
     let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
@@ -722,25 +788,22 @@ fn compose_haproxy_two_replicas_rolling_restart_loses_no_request() {
     const HOST: &str = "url1234.example.test";
     let dir = tempfile::tempdir().unwrap();
     // deploy/compose as a user has it, plus their trackproxy.toml and certificates.
-    let compose_dir = dir.path().join("compose");
-    std::fs::create_dir_all(compose_dir.join("certs")).unwrap();
-    for f in std::fs::read_dir(repo().join("deploy/compose")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), compose_dir.join(f.file_name())).unwrap();
-    }
     let (ca, chain, key) = certificates(HOST);
-    write_readable(&compose_dir.join("certs/ca.pem"), &ca);
-    write_readable(&compose_dir.join("certs/tls.crt"), &chain);
-    write_readable(&compose_dir.join("certs/tls.key"), &key);
-    write_readable(
-        &compose_dir.join("trackproxy.toml"),
-        &format!(
-            "[upstream]\nurl = \"http://esp:8080\"\n\n[[hosts]]\nname = \"{HOST}\"\n\n\
+    let toml = format!(
+        "[upstream]\nurl = \"http://esp:8080\"\n\n[[hosts]]\nname = \"{HOST}\"\n\n\
              [[tls.certificates]]\ncert = \"/etc/trackproxy/certs/tls.crt\"\n\
              key = \"/etc/trackproxy/certs/tls.key\"\n\n\
              # one load generator sends everything: no per-client limit\n\
              [limits]\nper_client_rps = 0\nper_client_connections = 0\n"
-        ),
+    );
+    let compose_dir = user_compose_dir(
+        dir.path(),
+        &[
+            ("certs/ca.pem", &ca),
+            ("certs/tls.crt", &chain),
+            ("certs/tls.key", &key),
+            ("trackproxy.toml", &toml),
+        ],
     );
     // The local override: stand-in images for the public ones (no registry here), and the
     // stand-in ESP the configuration forwards to.
@@ -765,11 +828,7 @@ fn compose_haproxy_two_replicas_rolling_restart_loses_no_request() {
             compose_dir.join("docker-compose.haproxy.yml"),
             override_file.clone(),
         ],
-        // published on free loopback ports, not on this machine's 443 and 80
-        env: vec![
-            ("TRACKPROXY_HTTPS_PUBLISH".into(), "127.0.0.1:0".into()),
-            ("TRACKPROXY_HTTP_PUBLISH".into(), "127.0.0.1:0".into()),
-        ],
+        env: loopback_publish(),
     };
     compose.ok(&["up", "-d", "--no-build"]);
     let a = compose.container("trackproxy-a");
