@@ -1,4 +1,4 @@
-# Used by scripts/docker-build only, on machines whose containers cannot reach crates.io: copies
+# Used by scripts/docker-build only, on machines whose containers reach no crates registry: copies
 # the crates fetched on the host (the build context: a cargo registry directory) into the BuildKit
 # cache mount that the Dockerfile's `cargo build` reads. Builds nothing else.
 ARG BUILD_IMAGE
