@@ -495,11 +495,14 @@ fn acme_cache_on_a_named_volume_and_on_a_bind_mount_is_writable() {
     );
 }
 
-#[test]
-fn config_from_a_mounted_file_and_from_environment_variables() {
-    images();
-    let net = Network::create();
-    let esp = start_esp(&net);
+/// Runs the image on `net` with a mounted config file serving `url1234.example.test` (self-signed)
+/// in front of the stand-in ESP (`http://esp:8080`), plus `extra` arguments to `docker run`.
+/// The directory holding the file lives as long as the returned `TempDir`.
+fn run_with_esp_config(
+    label: &str,
+    net: &Network,
+    extra: &[&str],
+) -> (tempfile::TempDir, Container) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("trackproxy.toml");
     write_readable(
@@ -507,15 +510,29 @@ fn config_from_a_mounted_file_and_from_environment_variables() {
         "[upstream]\nurl = \"http://esp:8080\"\n\n[[hosts]]\nname = \"url1234.example.test\"\n\n\
          [tls]\nself_signed = true\n",
     );
-    let c = Container::run(
+    let mount = format!("{}:/etc/trackproxy/trackproxy.toml:ro", cfg.display());
+    let mut args = vec![
+        "--network",
+        &net.name,
+        "-v",
+        &mount,
+        "-e",
+        "TRACKPROXY_CONFIG=/etc/trackproxy/trackproxy.toml",
+    ];
+    args.extend_from_slice(extra);
+    let c = Container::run(label, &args, &[IMAGE]);
+    (dir, c)
+}
+
+#[test]
+fn config_from_a_mounted_file_and_from_environment_variables() {
+    images();
+    let net = Network::create();
+    let esp = start_esp(&net);
+    let (_dir, c) = run_with_esp_config(
         "config",
+        &net,
         &[
-            "--network",
-            &net.name,
-            "-v",
-            &format!("{}:/etc/trackproxy/trackproxy.toml:ro", cfg.display()),
-            "-e",
-            "TRACKPROXY_CONFIG=/etc/trackproxy/trackproxy.toml",
             // The environment beats the file and the image's own TRACKPROXY__ variables.
             "-e",
             "TRACKPROXY__SERVER__HTTPS_LISTEN=0.0.0.0:9443",
@@ -526,7 +543,6 @@ fn config_from_a_mounted_file_and_from_environment_variables() {
             "-p",
             "127.0.0.1::8443",
         ],
-        &[IMAGE],
     );
     let addr = c.published(9443);
     wait_serving(addr, "url1234.example.test", &c);
@@ -569,27 +585,7 @@ fn docker_stop_drains_a_request_in_flight_and_exits_0() {
     images();
     let net = Network::create();
     let esp = start_esp(&net);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("trackproxy.toml");
-    write_readable(
-        &cfg,
-        "[upstream]\nurl = \"http://esp:8080\"\n\n[[hosts]]\nname = \"url1234.example.test\"\n\n\
-         [tls]\nself_signed = true\n",
-    );
-    let c = Container::run(
-        "stop",
-        &[
-            "--network",
-            &net.name,
-            "-v",
-            &format!("{}:/etc/trackproxy/trackproxy.toml:ro", cfg.display()),
-            "-e",
-            "TRACKPROXY_CONFIG=/etc/trackproxy/trackproxy.toml",
-            "-p",
-            "127.0.0.1::8443",
-        ],
-        &[IMAGE],
-    );
+    let (_dir, c) = run_with_esp_config("stop", &net, &["-p", "127.0.0.1::8443"]);
     let addr = c.published(8443);
     wait_serving(addr, "url1234.example.test", &c);
 
