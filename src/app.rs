@@ -146,7 +146,7 @@ impl App {
         Reloader::new(self.reload_tx.clone())
     }
 
-    /// This proxy's metrics (its own recorder: see [`metrics`](crate::metrics)).
+    /// This proxy's metrics (its own recorder: see `crate::metrics`).
     #[must_use]
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

@@ -17,23 +17,26 @@
 //!   [`error::UpstreamError`], [`error::BindError`]).
 //! - [`config`]: TOML + environment → validated [`config::Config`]; every problem with its key
 //!   and file (`config/` has the reader, the value parsers and the types).
-//! - [`telemetry`]: logging and [`metrics`](crate::metrics).
+//! - [`logging`]: the log subscriber (JSON or pretty) and its writer; `metrics`: the
+//!   Prometheus recorder every part counts into.
+//! - `limits`: what a client and everyone together may use: the per-client rate limit,
+//!   requests in flight (load shedding), connection budgets.
 //! - [`tls`]: everything TLS: the handshake of a new connection (`accept`), the TLS stream,
 //!   the SNI resolver, certificates from files and self-signed ones, which host gets which
 //!   certificate, file watching, and ACME (`tls/acme/`: plan and manager, a host's orders, its
 //!   shared state, the cache).
-//! - [`forward`]: routing by host and the forwarder to the upstream: request and response
+//! - `forward`: routing by host and the forwarder to the upstream: request and response
 //!   header rules, the pooled upstream client, and the answers trackproxy gives itself.
-//! - [`middleware`]: the tower stack, ordered in one place: request id, access log, rescue
-//!   (errors → responses), then the rate-limit and load-shedding layers of [`limits`].
-//! - [`server`]: listeners, accept loops, PROXY protocol, connection limits, HTTP/1.1 + HTTP/2
+//! - `middleware`: the tower stack, ordered in one place: request id, access log, rescue
+//!   (errors → responses), then the rate-limit and load-shedding layers of `limits`.
+//! - `server`: listeners, accept loops, PROXY protocol, connection limits, HTTP/1.1 + HTTP/2
 //!   on a connection, idle timeouts and parking.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and the status page on the admin listener.
-//! - [`app`]: building the proxy ([`App::build`]) and running it ([`serve`], [`run`]), drain.
-//! - [`reload`]: applying a new configuration while running ([`Reloader`]), and which keys
+//! - `admin`: `/healthz`, `/readyz`, `/metrics` and the status page on the admin listener.
+//! - `app`: building the proxy ([`App::build`]) and running it ([`serve`], [`run`]), drain.
+//! - `reload`: applying a new configuration while running ([`Reloader`]), and which keys
 //!   need a restart.
 //! - [`signals`]: SIGTERM/SIGINT → shutdown, SIGHUP → reload.
-//! - [`doctor`]: `trackproxy doctor`, the setup checks (DNS, certificate, click path, HSTS,
+//! - `doctor`: `trackproxy doctor`, the setup checks (DNS, certificate, click path, HSTS,
 //!   CAA), with a request type and an outcome of its own.
 //! - [`cli`]: the command line; the only module (with `main.rs`) that knows clap and exit
 //!   codes.
