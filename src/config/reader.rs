@@ -25,7 +25,7 @@ use super::types::{
 use super::values::{
     acme_directory, boolean, directory, duration, esp, forward_cookies, host_name, ip_net, list,
     mailto, one_of, path, path_prefixes, positive_duration, rate, readable_file, region,
-    socket_addr, string, u32_from, uint_in, upstream_url, usize_from,
+    socket_addr, string, u32_from, uint_in, upstream_for, upstream_url, usize_from,
 };
 
 /// Validates `root`, the tree read from `file` (the label naming it in messages).
@@ -380,7 +380,7 @@ impl Reader {
             let preset = self.get(&mut t, "esp", esp);
             let region = self.get(&mut t, "region", region);
             let esp = preset.unwrap_or(default.esp);
-            let explicit = self.get(&mut t, "upstream", upstream_url);
+            let explicit = self.get(&mut t, "upstream", |v| upstream_for(v, esp));
             // Precedence: the host's `upstream`, its `esp`'s upstream, the [upstream] default.
             let upstream = match (explicit, preset) {
                 (Some(u), _) => Some(u),

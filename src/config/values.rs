@@ -323,6 +323,17 @@ pub(super) fn directory(v: &Value) -> Result<PathBuf, String> {
     Ok(p)
 }
 
+/// A host's `upstream`: a URL, or `host[:port]` alone, which takes the scheme of the host's
+/// ESP preset (`http` for Mailgun, `https` for the others).
+pub(super) fn upstream_for(v: &Value, esp: &Esp) -> Result<UpstreamUrl, String> {
+    let s = string(v)?;
+    if s.contains("://") {
+        return upstream_url(v);
+    }
+    let scheme = esp.upstream.split_once("://").map_or("https", |(s, _)| s);
+    upstream_url(&Value::new(None, format!("{scheme}://{}", s.trim())))
+}
+
 /// A branded host name: a DNS name, stored lower case without a trailing dot.
 pub(super) fn host_name(v: &Value) -> Result<String, String> {
     let s = string(v)?;

@@ -54,8 +54,7 @@ struct HostFiles {
 pub(crate) fn check_aasa(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() > AASA_MAX_BYTES {
         return Err(format!(
-            "is {} bytes; iOS reads at most {AASA_MAX_BYTES} (128 KB)",
-            bytes.len()
+            "is larger than {AASA_MAX_BYTES} bytes (128 KB), the most iOS reads"
         ));
     }
     serde_json::from_slice::<serde_json::Value>(bytes)
