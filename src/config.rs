@@ -16,6 +16,7 @@
 //! - `values`: value parsers, one untyped value to one typed value or a message.
 //! - `source`: file, embedded default or text, plus the environment, into one untyped tree;
 //!   names where each value came from.
+//! - `starter`: the commented configuration `trackproxy init` writes.
 //! - `reader`: walks the tree section by section with the value parsers, collecting problems.
 //!
 //! Every public item is re-exported here, so it is used as `config::Foo`.
@@ -24,6 +25,7 @@ pub mod esp;
 mod problem;
 mod reader;
 mod source;
+mod starter;
 mod types;
 mod values;
 
@@ -32,6 +34,7 @@ use config::Map;
 pub use esp::Esp;
 pub use problem::{Errors, Problem};
 pub use source::{EMBEDDED_DEFAULT, EMBEDDED_LABEL, ENV_PREFIX, ENV_SEPARATOR, Source};
+pub use starter::Starter;
 pub use types::{
     AcmeChallenge, AcmeConfig, AdminConfig, CertificateFiles, Config, DoctorConfig, Expect,
     ForwardCookies, HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol,

@@ -380,3 +380,74 @@ fn check_config_names_key_and_file_of_a_bad_app_link_file() {
         "{err}"
     );
 }
+
+fn trackproxy(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trackproxy"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `trackproxy init` writes a configuration that `check-config` accepts, for a new user of
+/// SparkPost, Mailgun or SES as for SendGrid; usage errors exit 64.
+#[test]
+fn init_writes_a_configuration_that_check_config_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("acme").display().to_string();
+    for (esp, region) in [
+        ("sendgrid", None),
+        ("sparkpost", None),
+        ("mailgun-eu", None),
+        ("ses", Some("us-east-1")),
+        ("iterable", None),
+    ] {
+        let file = dir.path().join(format!("{esp}.toml"));
+        let file_s = file.display().to_string();
+        let mut args = vec![
+            "init",
+            "--esp",
+            esp,
+            "--host",
+            "url1.example.com",
+            "--host",
+            "url2.example.com",
+            "--acme-contact",
+            "ops@example.com",
+            "--acme-cache-dir",
+            &cache,
+            "--output",
+            &file_s,
+        ];
+        if let Some(r) = region {
+            args.extend(["--region", r]);
+        }
+        let (code, _, err) = trackproxy(&args);
+        assert_eq!(code, Some(0), "{esp}: {err}");
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(&format!("esp = \"{esp}\"")), "{text}");
+        assert!(text.contains("acme-staging-v02"), "{text}");
+        let (code, out, err) = trackproxy(&["check-config", "--config", &file_s]);
+        assert_eq!(code, Some(0), "{esp}: {err}\n{text}");
+        assert!(
+            out.contains("url2.example.com: certificate to be ordered over ACME"),
+            "{out}"
+        );
+        // never overwrites
+        let (code, _, err) = trackproxy(&args);
+        assert_eq!(code, Some(1), "{err}");
+    }
+    let (code, _, err) = trackproxy(&["init", "--esp", "sendgird", "--host", "a.example.com"]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("unknown ESP \"sendgird\""), "{err}");
+    let (code, _, err) = trackproxy(&["init", "--esp", "ses", "--host", "a.example.com"]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("--region"), "{err}");
+    let (code, out, _) = trackproxy(&["init", "--esp", "mandrill", "--host", "a.example.com"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("forwards to https://mandrillapp.com"), "{out}");
+}
