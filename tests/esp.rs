@@ -451,3 +451,134 @@ fn init_writes_a_configuration_that_check_config_accepts() {
     assert_eq!(code, Some(0));
     assert!(out.contains("forwards to https://mandrillapp.com"), "{out}");
 }
+
+/// `trackproxy doctor` knows every ESP: a branded host whose DNS still leads to any preset's
+/// tracking host fails, naming that ESP, with SendGrid's advice (move the first CNAME, do not
+/// re-verify); the ownership record is checked against the host's own ESP. dnsmasq serves
+/// the records; every address is loopback and the proxy/upstream ports are closed, so nothing
+/// leaves the machine.
+#[tokio::test]
+async fn doctor_fails_hosts_still_pointing_at_any_known_esp() {
+    use common::dns::{self, Dnsmasq};
+    let esps = [
+        ("sendgrid.net", "Twilio SendGrid"),
+        ("eu.spgo.io", "SparkPost"),
+        ("v2.spgo.io", "SparkPost"),
+        ("mailgun.org", "Mailgun"),
+        ("r.us-east-1.awstrack.me", "Amazon SES"),
+        ("links.iterable.com", "Iterable"),
+        ("track-eu.customer.io", "Customer.io"),
+        ("mandrillapp.com", "Mandrill (Mailchimp Transactional)"),
+    ];
+    let mut records = vec![
+        dns::a("proxy.trackproxy.test", "127.0.0.1"),
+        dns::cname("own-sp.example.test", "spgo.io"),
+        dns::cname("own-sg.example.test", "sendgrid.net"),
+        dns::a("spgo.io", "127.0.0.1"),
+        // dnsmasq answers only its local domains itself (the rest it would forward: refused)
+        "--local=/spgo.io/".to_owned(),
+    ];
+    let closed = common::closed_port();
+    let up = format!("https://127.0.0.1:{}", closed.port());
+    let mut config = common::TestConfig::new(&up).set("doctor.expect", "proxy.trackproxy.test");
+    let hosts: Vec<String> = (0..esps.len())
+        .map(|i| format!("h{i}.example.test"))
+        .collect();
+    for ((tracking, _), host) in esps.iter().zip(&hosts) {
+        records.push(dns::a(tracking, "127.0.0.1"));
+        records.push(format!("--local=/{tracking}/"));
+        records.push(dns::cname(host, tracking));
+        // every host is configured for SendGrid (the default): the DNS check still knows the
+        // others
+        config = config.host(host);
+    }
+    // moved hosts with an ownership record: one right, one pointing at the wrong ESP
+    const MOVED_OK: &str = "moved1.example.test";
+    const MOVED_BAD: &str = "moved2.example.test";
+    records.push(dns::cname(MOVED_OK, "proxy.trackproxy.test"));
+    records.push(dns::cname(MOVED_BAD, "proxy.trackproxy.test"));
+    config = config
+        .host(MOVED_OK)
+        .host_set(MOVED_OK, "esp", "sparkpost")
+        .host_set(MOVED_OK, "upstream", up.as_str())
+        .host_set(MOVED_OK, "owner_record", "own-sp.example.test")
+        .host(MOVED_BAD)
+        .host_set(MOVED_BAD, "esp", "sparkpost")
+        .host_set(MOVED_BAD, "upstream", up.as_str())
+        .host_set(MOVED_BAD, "owner_record", "own-sg.example.test");
+    let dns = Dnsmasq::start(&records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("trackproxy.toml");
+    std::fs::write(&file, config.set("tls.self_signed", true).toml()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_trackproxy"))
+        .args(["doctor", "--json", "--config"])
+        .arg(&file)
+        .args(["--dns-server", &dns.addr.to_string()])
+        .args(["--connect", &closed.to_string()])
+        .args(["--site", &format!("https://127.0.0.1:{}/", closed.port())])
+        .args(["--timeout", "2s"])
+        .env_remove("TRACKPROXY_CONFIG")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = |host: &str, id: &str| -> serde_json::Value {
+        let h = json["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["host"] == host)
+            .unwrap_or_else(|| panic!("no {host} in {json}"));
+        h["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == id)
+            .unwrap()
+            .clone()
+    };
+    for ((tracking, title), host) in esps.iter().zip(&hosts) {
+        let c = check(host, "dns");
+        assert_eq!(c["status"], "fail", "{host}: {c}");
+        let summary = c["summary"].as_str().unwrap();
+        let fix = c["fix"].as_str().unwrap_or_else(|| panic!("{c}"));
+        if *tracking == "sendgrid.net" {
+            assert!(summary.contains("still points at"), "{c}");
+        } else {
+            assert_eq!(
+                summary,
+                format!(
+                    "{host} still points at {title} ({tracking}), not at this proxy \
+                     (this host is configured for Twilio SendGrid)"
+                )
+            );
+            assert!(
+                fix.contains(&format!("Point the first CNAME, {host}, at")),
+                "{fix}"
+            );
+            assert!(fix.contains("do not re-verify the branding"), "{fix}");
+        }
+    }
+    let ok = check(MOVED_OK, "owner_record");
+    assert_eq!(ok["status"], "ok", "{ok}");
+    assert!(
+        ok["summary"]
+            .as_str()
+            .unwrap()
+            .contains("still points at the ESP (spgo.io)")
+    );
+    assert_eq!(check(MOVED_OK, "dns")["status"], "ok");
+    let bad = check(MOVED_BAD, "owner_record");
+    assert_eq!(bad["status"], "warn", "{bad}");
+    assert!(
+        bad["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no longer points at the ESP"),
+        "{bad}"
+    );
+}
