@@ -64,7 +64,7 @@ pub struct InitArgs {
     /// A branded link host (repeat for several).
     #[arg(long = "host", value_name = "HOST", required = true)]
     pub hosts: Vec<String>,
-    /// The AWS region of the tracking host r.<region>.awstrack.me (ses only), e.g. us-east-1.
+    /// The AWS region of the tracking host r.REGION.awstrack.me (ses only), e.g. us-east-1.
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
     /// The e-mail address for the ACME account (expiry notices).
