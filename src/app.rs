@@ -73,6 +73,13 @@ impl App {
                 None
             }
         };
+        let files = match forward::files::AppFiles::load(cfg) {
+            Ok(f) => Some(f),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        };
         let client = match forward::upstream::client(&cfg.upstream, &cfg.origin) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -80,7 +87,8 @@ impl App {
                 None
             }
         };
-        let (Some(mut certs), Some((client, opened)), true) = (certs, client, problems.is_empty())
+        let (Some(mut certs), Some((client, opened)), Some(files), true) =
+            (certs, client, files, problems.is_empty())
         else {
             return Err(config::Errors(problems));
         };
@@ -96,7 +104,7 @@ impl App {
         Ok(App {
             cfg: cfg.clone(),
             forward: Forward::new(
-                ForwardSettings::from_config(cfg),
+                ForwardSettings::from_config(cfg, files),
                 client,
                 opened,
                 resolver.clone(),
@@ -232,6 +240,10 @@ pub async fn serve(
     health.set_listening();
 
     let mut watch = CertWatch::new(&cfg);
+    let app_files = |cfg: &Config| {
+        CertWatch::of_files(cfg.tls.watch_interval, forward::files::AppFiles::paths(cfg))
+    };
+    let mut files_watch = app_files(&cfg);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -243,10 +255,12 @@ pub async fn serve(
                     admin.hosts.store(Arc::new(new.hosts.iter().map(|h| h.name.clone()).collect()));
                     cfg = new;
                     watch = CertWatch::new(&cfg);
+                    files_watch = app_files(&cfg);
                 }
                 let _ = reply.send(result);
             }
             changed = watch.changed() => reload::certificate_files(&cfg, &changed, &resolver, &metrics),
+            changed = files_watch.changed() => reload::app_files(&cfg, &changed, &forward),
         }
     }
     // From here /readyz answers 503, so a load balancer stops sending new connections while

@@ -1,4 +1,4 @@
-//! The command line: `trackproxy serve`, `check-config`, `certs`, `probe`, `doctor`.
+//! The command line: `trackproxy serve`, `check-config`, `certs`, `probe`, `doctor`, `init`.
 //!
 //! Doc comments here are the `--help` text users read, so they are plain prose.
 #![allow(clippy::doc_markdown, rustdoc::bare_urls)]
@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::App;
-use crate::config::{Config, Source};
+use crate::config::{self, Config, Source};
 use crate::doctor;
 use crate::tls::{self, HostCertificate};
 
@@ -47,6 +47,35 @@ pub enum Command {
     /// List every host with its certificate: source (file, acme, self-signed, missing), issuer,
     /// expiry and days left. Reads the certificate files and the ACME cache; starts nothing.
     Certs(ConfigArg),
+    /// Write a commented configuration for a new setup: one ESP preset, your branded hosts,
+    /// certificates over ACME from Let's Encrypt's staging directory first. Exit 0 when
+    /// written, 64 on a usage error (unknown ESP, bad host name, missing --region for ses).
+    Init(InitArgs),
+}
+
+/// Options of `trackproxy init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The ESP: sendgrid, sendgrid-eu, sparkpost, sparkpost-eu, sparkpost-v2,
+    /// sparkpost-v2-eu, mailgun, mailgun-eu, ses, iterable, iterable-eu, customerio,
+    /// customerio-eu, mandrill.
+    #[arg(long, value_name = "NAME")]
+    pub esp: String,
+    /// A branded link host (repeat for several).
+    #[arg(long = "host", value_name = "HOST", required = true)]
+    pub hosts: Vec<String>,
+    /// The AWS region of the tracking host r.REGION.awstrack.me (ses only), e.g. us-east-1.
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// The e-mail address for the ACME account (expiry notices).
+    #[arg(long, value_name = "MAIL")]
+    pub acme_contact: Option<String>,
+    /// Where ACME keeps the account key and certificates.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/trackproxy/acme")]
+    pub acme_cache_dir: PathBuf,
+    /// Write to this file (which must not exist yet) instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// Options of `trackproxy probe`.
@@ -161,6 +190,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::CheckConfig(args) => check_config(&args),
         Command::Probe(args) => probe_command(&args),
         Command::Doctor(args) => doctor_command(&args),
+        Command::Init(args) => init_command(&args),
         Command::Certs(args) => {
             crate::logging::init_cli();
             load(&args).map_or_else(
@@ -212,6 +242,82 @@ fn doctor_command(args: &DoctorArgs) -> ExitCode {
                 doctor::Error::Usage(_) => ExitCode::from(EXIT_CONFIG),
                 doctor::Error::Runtime(_) | doctor::Error::Dns(_) => ExitCode::FAILURE,
             }
+        }
+    }
+}
+
+/// `trackproxy init`: checks the request, writes the configuration, and reads it back through
+/// the configuration reader so that what is written is known to load.
+fn init_command(args: &InitArgs) -> ExitCode {
+    let usage = |m: String| {
+        eprintln!("trackproxy init: {m}");
+        ExitCode::from(EXIT_CONFIG)
+    };
+    let Some(esp) = config::esp::find(&args.esp) else {
+        return usage(format!(
+            "unknown ESP {:?}; known: {}",
+            args.esp,
+            config::esp::names()
+        ));
+    };
+    if esp.needs_region() != args.region.is_some() {
+        return usage(if esp.needs_region() {
+            format!("--esp {} needs --region, e.g. --region us-east-1", esp.name)
+        } else {
+            format!("--region is only for --esp ses, not {}", esp.name)
+        });
+    }
+    let mut hosts = Vec::new();
+    for h in &args.hosts {
+        match config::normalize_host_name(h) {
+            Some(n) if !hosts.contains(&n) => hosts.push(n),
+            Some(_) => {}
+            None => return usage(format!("{h:?} is not a host name")),
+        }
+    }
+    if let Some(c) = &args.acme_contact
+        && (!c.contains('@') || c.contains(char::is_whitespace) || c.starts_with("mailto:"))
+    {
+        return usage(format!(
+            "--acme-contact: expected an e-mail address such as ops@example.com, found {c:?}"
+        ));
+    }
+    let toml = config::Starter {
+        esp,
+        region: args.region.as_deref(),
+        hosts: &hosts,
+        contact: args.acme_contact.as_deref(),
+        cache_dir: &args.acme_cache_dir,
+    }
+    .toml();
+    let label = args
+        .output
+        .as_ref()
+        .map_or_else(|| "<init>".to_owned(), |p| p.display().to_string());
+    if let Err(e) = config::Starter::check(&toml, &label) {
+        return usage(format!("the configuration would not load: {e}"));
+    }
+    let Some(path) = &args.output else {
+        print!("{toml}");
+        return ExitCode::SUCCESS;
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(toml.as_bytes()));
+    match written {
+        Ok(()) => {
+            eprintln!(
+                "trackproxy init: wrote {}; check it with `trackproxy check-config --config {}`",
+                path.display(),
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trackproxy init: cannot write {}: {e}", path.display());
+            ExitCode::FAILURE
         }
     }
 }

@@ -10,29 +10,35 @@
 //!
 //! Each layer uses only the ones listed before it:
 //!
+//! - [`esp`]: the ESP presets, one table of facts with their sources.
 //! - `types`: the validated types ([`Config`] and its sections) and what a host name is.
 //! - `problem`: [`Problem`] and [`Errors`], what is wrong and where.
 //! - `values`: value parsers, one untyped value to one typed value or a message.
 //! - `source`: file, embedded default or text, plus the environment, into one untyped tree;
 //!   names where each value came from.
+//! - `starter`: the commented configuration `trackproxy init` writes.
 //! - `reader`: walks the tree section by section with the value parsers, collecting problems.
 //!
 //! Every public item is re-exported here, so it is used as `config::Foo`.
 
+pub mod esp;
 mod problem;
 mod reader;
 mod source;
+mod starter;
 mod types;
 mod values;
 
 use config::Map;
 
+pub use esp::Esp;
 pub use problem::{Errors, Problem};
 pub use source::{EMBEDDED_DEFAULT, EMBEDDED_LABEL, ENV_PREFIX, ENV_SEPARATOR, Source};
+pub use starter::Starter;
 pub use types::{
     AcmeChallenge, AcmeConfig, AdminConfig, CertificateFiles, Config, DoctorConfig, Expect,
-    HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol, ServerConfig,
-    TlsConfig, UpstreamConfig, UpstreamUrl, normalize_host_name,
+    ForwardCookies, HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol,
+    ServerConfig, TlsConfig, UpstreamConfig, UpstreamUrl, normalize_host_name,
 };
 
 /// Reads `source`, applies `TRACKPROXY__…` overrides from the process environment, validates.
@@ -375,10 +381,13 @@ mod tests {
             ),
             (
                 "upstream.bogus",
-                "url, connect_timeout, response_timeout, ca_file, pool_idle_timeout, \
-                 pool_max_idle",
+                "url, esp, region, connect_timeout, response_timeout, ca_file, \
+                 pool_idle_timeout, pool_max_idle",
             ),
-            ("hosts[0].bogus", "name, upstream, owner_record"),
+            (
+                "hosts[0].bogus",
+                "name, esp, region, upstream, owner_record, forward_cookies, paths, files",
+            ),
             (
                 "tls.bogus",
                 "self_signed, certificates, watch_interval, acme",
@@ -410,5 +419,129 @@ mod tests {
             "unknown key (known keys here: directory, contact, cache_dir, challenge, ca_file, \
              backoff_initial, backoff_max)"
         );
+    }
+
+    #[test]
+    fn esp_presets_set_upstream_and_rules_and_explicit_upstream_wins() {
+        let cfg = text(
+            r#"
+            [upstream]
+            esp = "sendgrid-eu"
+            [[hosts]]
+            name = "a.example"
+            [[hosts]]
+            name = "b.example"
+            esp = "SparkPost"
+            [[hosts]]
+            name = "c.example"
+            esp = "mailgun"
+            upstream = "http://127.0.0.1:9"
+            [[hosts]]
+            name = "d.example"
+            esp = "ses"
+            region = "eu-west-1"
+            forward_cookies = ["sid", "_ga"]
+            [[hosts]]
+            name = "e.example"
+            esp = "mandrill"
+            paths = "esp"
+            forward_cookies = "none"
+            [[hosts]]
+            name = "f.example"
+            esp = "iterable-eu"
+            paths = ["/a/", "/b"]
+            "#,
+        )
+        .unwrap();
+        let h = &cfg.hosts;
+        assert_eq!(cfg.upstream.url.to_string(), "https://eu.sendgrid.net");
+        assert_eq!(h[0].upstream.to_string(), "https://eu.sendgrid.net");
+        assert_eq!(h[0].esp.name, "sendgrid-eu");
+        assert_eq!(h[1].upstream.to_string(), "https://spgo.io");
+        assert_eq!(h[1].esp.redirect, esp::RedirectPolicy::Never);
+        assert_eq!(h[2].upstream.to_string(), "http://127.0.0.1:9");
+        assert_eq!(h[2].esp.name, "mailgun");
+        assert_eq!(h[3].upstream.to_string(), "https://r.eu-west-1.awstrack.me");
+        assert_eq!(h[3].esp.header_limit, Some(8192));
+        assert_eq!(
+            h[3].forward_cookies,
+            ForwardCookies::Only(vec!["sid".into(), "_ga".into()])
+        );
+        assert_eq!(h[4].paths.as_deref(), Some(&["/track/".to_owned()][..]));
+        assert_eq!(h[4].forward_cookies, ForwardCookies::None);
+        assert_eq!(h[5].upstream.to_string(), "https://links.eu.iterable.com");
+        assert_eq!(h[5].forward_cookies, ForwardCookies::All);
+        assert_eq!(
+            h[5].paths.as_deref(),
+            Some(&["/a/".to_owned(), "/b".to_owned()][..])
+        );
+        // An explicit [upstream] url wins over upstream.esp for hosts without their own.
+        let cfg = text(
+            "[upstream]\nurl = \"https://127.0.0.1:1\"\nesp = \"mailgun\"\n\
+             [[hosts]]\nname = \"a.example\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.hosts[0].upstream.to_string(), "https://127.0.0.1:1");
+        assert_eq!(cfg.hosts[0].esp.name, "mailgun");
+        // The default stays SendGrid.
+        let cfg = text("[[hosts]]\nname = \"a.example\"\n").unwrap();
+        assert_eq!(cfg.hosts[0].esp.name, "sendgrid");
+        assert_eq!(cfg.hosts[0].paths, None);
+    }
+
+    #[test]
+    fn esp_problems_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = text(&format!(
+            r#"
+            [upstream]
+            esp = "sendgird"
+            [[hosts]]
+            name = "a.example"
+            esp = "sparkpots"
+            [[hosts]]
+            name = "b.example"
+            esp = "ses"
+            [[hosts]]
+            name = "c.example"
+            region = "us-east-1"
+            [[hosts]]
+            name = "d.example"
+            esp = "mailgun"
+            paths = "esp"
+            [[hosts]]
+            name = "e.example"
+            forward_cookies = ["ok", "not ok"]
+            paths = ["no-slash"]
+            [[hosts]]
+            name = "f.example"
+            esp = "iterable"
+            files = {dir:?}
+            [[hosts]]
+            name = "g.example"
+            files = "/nonexistent/trackproxy-files"
+            "#,
+            dir = dir.path().display().to_string()
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "upstream.esp",
+                "hosts[0].esp",
+                "hosts[1].region",
+                "hosts[2].region",
+                "hosts[3].paths",
+                "hosts[4].forward_cookies",
+                "hosts[4].paths",
+                "hosts[5].files",
+                "hosts[6].files",
+            ],
+            "{err}"
+        );
+        assert!(err.0.iter().all(|p| p.origin == "test.toml"));
+        assert!(err.0[1].message.contains("\"sparkpost\""), "{}", err.0[1]);
+        assert!(err.0[7].message.contains("Iterable serves"), "{}", err.0[7]);
     }
 }

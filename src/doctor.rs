@@ -3,7 +3,8 @@
 //!
 //! For every branded host (the configured ones, or those given on the command line):
 //!
-//! 1. **DNS** — the CNAME chain and A/AAAA: ✗ when it still points at the ESP (`sendgrid.net`)
+//! 1. **DNS** — the CNAME chain and A/AAAA: ✗ when it still points at the ESP (the host's
+//!    upstream, or the tracking host of *any* ESP preset: `sendgrid.net`, `spgo.io`, …)
 //!    or does not resolve, ! when it does not reach this proxy (`--expect`, `doctor.expect`).
 //! 2. **owner record** — the ESP's ownership record (`SendGrid`'s numeric `12345.example.com`)
 //!    must keep pointing at the ESP: ! when it was moved too or is gone.
@@ -158,6 +159,8 @@ pub(crate) struct Target {
     pub upstream: UpstreamUrl,
     /// The ESP's ownership record for it, if known.
     pub owner_record: Option<String>,
+    /// Its ESP preset (from its `[[hosts]]` entry, or `upstream.esp`).
+    pub esp: &'static config::Esp,
 }
 
 /// A URL split into what the probes need.
@@ -280,6 +283,7 @@ impl Options {
                 owner_record: owner_flag
                     .clone()
                     .or_else(|| configured.and_then(|h| h.owner_record.clone())),
+                esp: configured.map_or(cfg.upstream.esp, |h| h.esp),
                 name,
             });
         }

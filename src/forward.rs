@@ -9,11 +9,15 @@
 //! - `headers`: host of a request, hop-by-hop and `X-Forwarded-*` rules.
 //! - [`local`]: answers trackproxy gives itself (ACME HTTP-01, the redirect to HTTPS, short
 //!   error bodies).
+//! - [`files`]: the app-link files a host serves itself (`[[hosts]] files`).
+//! - [`rules`]: a host's ESP rules and hygiene (methods, `paths`, cookies, header limit).
 //! - [`upstream`]: the pooled client.
 
 pub(crate) mod body;
+pub(crate) mod files;
 pub(crate) mod headers;
 pub(crate) mod local;
+pub(crate) mod rules;
 pub(crate) mod upstream;
 
 pub(crate) use body::{ForwardBody, UpstreamBody, UpstreamTiming};
@@ -38,6 +42,8 @@ use crate::client::ConnInfo;
 use crate::config::{Config, HttpMode, UpstreamUrl};
 use crate::error::ProxyError;
 use crate::tls::SniResolver;
+use files::AppFiles;
+use rules::HostRules;
 use upstream::{ResponseFuture, UpstreamClient};
 
 /// Where one branded host's requests go.
@@ -45,6 +51,8 @@ use upstream::{ResponseFuture, UpstreamClient};
 pub struct Route {
     /// The upstream origin.
     pub upstream: UpstreamUrl,
+    /// The host's ESP rules and hygiene.
+    pub rules: HostRules,
 }
 
 /// Configured hosts (lower case) → route. Swapped whole on reload.
@@ -66,6 +74,7 @@ impl Routes {
                         h.name.clone(),
                         Route {
                             upstream: h.upstream.clone(),
+                            rules: HostRules::of(h),
                         },
                     )
                 })
@@ -89,16 +98,19 @@ pub(crate) struct ForwardSettings {
     pub http_mode: HttpMode,
     /// Limit from sending the request to the response head.
     pub response_timeout: Duration,
+    /// App-link files served locally, by host.
+    pub files: AppFiles,
 }
 
 impl ForwardSettings {
-    /// The settings of `cfg`.
+    /// The settings of `cfg`, with its app-link files as read by [`AppFiles::load`].
     #[must_use]
-    pub(crate) fn from_config(cfg: &Config) -> Self {
+    pub(crate) fn from_config(cfg: &Config, files: AppFiles) -> Self {
         ForwardSettings {
             routes: Routes::from_config(cfg),
             http_mode: cfg.server.http_mode,
             response_timeout: cfg.upstream.response_timeout,
+            files,
         }
     }
 }
@@ -300,11 +312,22 @@ impl Shared {
                 answer,
             )));
         }
-        if !tls && settings.http_mode == HttpMode::Redirect {
+        // App-link files: answered here on HTTPS and plain HTTP, before any redirect (Android's
+        // verification fails on one), never forwarded.
+        if let Some(res) = settings
+            .files
+            .answer(target.name(), req.method(), pq.path())
+        {
+            return Ok(Prepared::Local(res));
+        }
+        if !tls && settings.http_mode == HttpMode::Redirect && route.rules.may_redirect() {
             return Ok(Prepared::Local(local::redirect_to_https(
                 &target.host_header,
                 &pq,
             )));
+        }
+        if let Some(res) = route.rules.admit(target.name(), req.method(), pq.path())? {
+            return Ok(Prepared::Local(res));
         }
         let forwarding = headers::Forwarding {
             client: conn.remote.ip(),
@@ -324,6 +347,9 @@ impl Shared {
         parts.uri = Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("request target"))?;
         parts.version = Version::HTTP_11;
         headers::prepare_request(&mut parts.headers, &forwarding);
+        if let Some(res) = route.rules.apply(target.name(), &mut parts.headers) {
+            return Ok(Prepared::Local(res));
+        }
         parts.extensions = http::Extensions::new();
         Ok(Prepared::Upstream {
             req: Request::from_parts(parts, body),

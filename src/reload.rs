@@ -2,12 +2,14 @@
 //! the running proxy, which applies it only if every certificate and file it names loads
 //! (`apply`): routes, hosts, file certificates and ACME hosts change; connections stay.
 //! Keys a reload cannot apply are named in a warning (`restart_needed`). Certificate files
-//! that change on disk are loaded again by themselves (`certificate_files`).
+//! that change on disk are loaded again by themselves (`certificate_files`), and so are
+//! app-link files (`app_files`).
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::config::{self, Config};
+use crate::forward::files::AppFiles;
 use crate::forward::{Forward, ForwardSettings};
 use crate::metrics::Metrics;
 use crate::tls::{self, Certs, SniResolver, acme};
@@ -99,6 +101,27 @@ pub(crate) fn certificate_files(
     }
 }
 
+/// App-link files changed on disk: read them again; if one does not load (not JSON, too
+/// big, half-written), keep serving the ones read before.
+pub(crate) fn app_files(cfg: &Config, changed: &[std::path::PathBuf], forward: &Forward) {
+    let files: Vec<String> = changed.iter().map(|p| p.display().to_string()).collect();
+    match AppFiles::load(cfg) {
+        Ok(loaded) => {
+            forward.reload(ForwardSettings::from_config(cfg, loaded));
+            info!(files = %files.join(", "), "app-link files reloaded from disk");
+        }
+        Err(problems) => {
+            for p in &problems {
+                warn!(key = %p.key, problem = %p.message, "app-link file problem");
+            }
+            warn!(
+                files = %files.join(", "),
+                "app-link files changed but cannot be loaded; keeping the files in use"
+            );
+        }
+    }
+}
+
 /// Applies `new` over `old`: everything is read and checked first, so a configuration with a
 /// problem changes nothing.
 pub(crate) fn apply(
@@ -109,7 +132,15 @@ pub(crate) fn apply(
     acme: &mut acme::Manager,
     metrics: &Metrics,
 ) -> Result<(), config::Errors> {
-    let mut certs = match Certs::load(new) {
+    let loaded = match (Certs::load(new), AppFiles::load(new)) {
+        (Ok(c), Ok(f)) => Ok((c, f)),
+        (c, f) => Err([c.err(), f.err()]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect::<Vec<_>>()),
+    };
+    let (mut certs, files) = match loaded {
         Ok(c) => c,
         Err(problems) => {
             for p in &problems {
@@ -123,7 +154,7 @@ pub(crate) fn apply(
             return Err(config::Errors(problems));
         }
     };
-    forward.reload(ForwardSettings::from_config(new));
+    forward.reload(ForwardSettings::from_config(new, files));
     resolver.replace(std::mem::take(&mut certs.map));
     acme.apply(certs.acme.take());
     certs.log();

@@ -14,17 +14,18 @@ use std::time::Duration;
 use config::{Map, Value, ValueKind};
 use http::uri::{Authority, Scheme};
 
+use super::esp::{self, AppLinks, Esp};
 use super::problem::{Errors, Problem};
 use super::source;
 use super::types::{
     AcmeChallenge, AcmeConfig, AdminConfig, CertificateFiles, Config, DoctorConfig, Expect,
-    HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol, ServerConfig,
-    TlsConfig, UpstreamConfig, UpstreamUrl,
+    ForwardCookies, HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol,
+    ServerConfig, TlsConfig, UpstreamConfig, UpstreamUrl,
 };
 use super::values::{
-    acme_directory, boolean, duration, host_name, ip_net, list, mailto, one_of, path,
-    positive_duration, rate, readable_file, socket_addr, string, u32_from, uint_in, upstream_url,
-    usize_from,
+    acme_directory, boolean, directory, duration, esp, forward_cookies, host_name, ip_net, list,
+    mailto, one_of, path, path_prefixes, positive_duration, rate, readable_file, region,
+    socket_addr, string, u32_from, uint_in, upstream_for, upstream_url, usize_from,
 };
 
 /// Validates `root`, the tree read from `file` (the label naming it in messages).
@@ -193,7 +194,7 @@ impl Reader {
         let mut root = Table::new(String::new(), root);
         let server = self.server(&mut root);
         let upstream = self.upstream(&mut root);
-        let hosts = self.hosts(&mut root, &upstream.url);
+        let hosts = self.hosts(&mut root, &upstream);
         let tls = self.tls(&mut root);
         let limits = self.limits(&mut root);
         let admin = self.admin(&mut root);
@@ -300,10 +301,25 @@ impl Reader {
 
     fn upstream(&mut self, root: &mut Table) -> UpstreamConfig {
         let mut t = self.table(root, "upstream");
+        let url = self.get(&mut t, "url", upstream_url);
+        let preset = self.get(&mut t, "esp", esp);
+        let region = self.get(&mut t, "region", region);
+        let esp = preset.unwrap_or_else(esp::default_esp);
+        // An explicit `url` wins over the preset's.
+        let url = url.or_else(|| {
+            preset.and_then(|e| self.preset_url(e, region.as_deref(), &t.key("region")))
+        });
+        if region.is_some() && !esp.needs_region() {
+            let key = t.key("region");
+            self.problem(
+                None,
+                &key,
+                format!("only used with esp = \"ses\" (this is {})", esp.name),
+            );
+        }
         let u = UpstreamConfig {
-            url: self
-                .get(&mut t, "url", upstream_url)
-                .unwrap_or_else(default_upstream),
+            url: url.unwrap_or_else(default_upstream),
+            esp,
             connect_timeout: self
                 .get(&mut t, "connect_timeout", positive_duration)
                 .unwrap_or(Duration::from_secs(3)),
@@ -324,17 +340,81 @@ impl Reader {
         u
     }
 
-    fn hosts(&mut self, root: &mut Table, default: &UpstreamUrl) -> Vec<HostConfig> {
+    /// The upstream of preset `esp` (with `region` for SES); `None` with a problem at
+    /// `region_key` when SES has no region.
+    fn preset_url(
+        &mut self,
+        esp: &Esp,
+        region: Option<&str>,
+        region_key: &str,
+    ) -> Option<UpstreamUrl> {
+        if esp.needs_region() && region.is_none() {
+            self.problem(
+                None,
+                region_key,
+                format!(
+                    "required with esp = {:?}: the AWS region of the tracking host \
+                     r.<region>.awstrack.me, e.g. \"us-east-1\" (or set `upstream`)",
+                    esp.name
+                ),
+            );
+            return None;
+        }
+        let url = esp.upstream_url(region);
+        match upstream_url(&Value::new(None, url.as_str())) {
+            Ok(u) => Some(u),
+            Err(m) => {
+                self.problem(None, region_key, m);
+                None
+            }
+        }
+    }
+
+    fn hosts(&mut self, root: &mut Table, default: &UpstreamConfig) -> Vec<HostConfig> {
         let mut seen = HashSet::new();
         let mut hosts = Vec::new();
         for mut t in self.tables(root, "hosts") {
             let name_key = t.key("name");
             let raw_name = t.map.get("name").cloned();
             let name = self.get(&mut t, "name", host_name);
-            let upstream = self
-                .get(&mut t, "upstream", upstream_url)
-                .unwrap_or_else(|| default.clone());
+            let preset = self.get(&mut t, "esp", esp);
+            let region = self.get(&mut t, "region", region);
+            let esp = preset.unwrap_or(default.esp);
+            let explicit = self.get(&mut t, "upstream", |v| upstream_for(v, esp));
+            // Precedence: the host's `upstream`, its `esp`'s upstream, the [upstream] default.
+            let upstream = match (explicit, preset) {
+                (Some(u), _) => Some(u),
+                (None, Some(e)) => self.preset_url(e, region.as_deref(), &t.key("region")),
+                (None, None) => Some(default.url.clone()),
+            };
+            if region.is_some() && !esp.needs_region() {
+                let key = t.key("region");
+                self.problem(
+                    None,
+                    &key,
+                    format!("only used with esp = \"ses\" (this host's is {})", esp.name),
+                );
+            }
             let owner_record = self.get(&mut t, "owner_record", host_name);
+            let forward_cookies = self
+                .get(&mut t, "forward_cookies", forward_cookies)
+                .unwrap_or(ForwardCookies::All);
+            let paths = self.get(&mut t, "paths", |v| path_prefixes(v, esp));
+            let files_raw = t.map.get("files").cloned();
+            let files = self.get(&mut t, "files", directory);
+            if files.is_some() && esp.app_links == AppLinks::Upstream {
+                let key = t.key("files");
+                self.problem(
+                    files_raw.as_ref(),
+                    &key,
+                    format!(
+                        "{} serves the app-link files (apple-app-site-association, \
+                         assetlinks.json) itself; they pass through to it: remove `files`",
+                        esp.title
+                    ),
+                );
+            }
+            let upstream = upstream.unwrap_or_else(|| default.url.clone());
             match name {
                 Some(name) if !seen.insert(name.clone()) => {
                     self.problem(
@@ -346,6 +426,10 @@ impl Reader {
                 Some(name) => hosts.push(HostConfig {
                     name,
                     upstream,
+                    esp,
+                    forward_cookies,
+                    paths,
+                    files,
                     owner_record,
                 }),
                 None if raw_name.is_none() => {

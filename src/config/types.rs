@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
+use super::esp::Esp;
+
 /// The validated configuration every other module works with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -89,6 +91,8 @@ pub enum ProxyProtocol {
 pub struct UpstreamConfig {
     /// Default upstream for every host.
     pub url: UpstreamUrl,
+    /// Default ESP preset for every host (`upstream.esp`; `sendgrid` unless set).
+    pub esp: &'static Esp,
     /// TCP (and TLS) connect limit.
     pub connect_timeout: Duration,
     /// Limit from sending the request to receiving the response head.
@@ -121,11 +125,31 @@ impl fmt::Display for UpstreamUrl {
 pub struct HostConfig {
     /// Branded host name, lower case, no trailing dot.
     pub name: String,
-    /// Upstream for this host (the `[upstream] url` unless overridden).
+    /// Upstream for this host: its own `upstream`, else its `esp` preset's, else the
+    /// `[upstream]` default.
     pub upstream: UpstreamUrl,
+    /// The ESP preset whose rules apply (`esp`, else `upstream.esp`, else `sendgrid`).
+    pub esp: &'static Esp,
+    /// Which request cookies reach the ESP.
+    pub forward_cookies: ForwardCookies,
+    /// Path prefixes forwarded (`paths`); `None`: every path. Others get 404.
+    pub paths: Option<Vec<String>>,
+    /// Directory with the app-link files served for this host (`files`).
+    pub files: Option<PathBuf>,
     /// The ESP's ownership record for this host's branding (`SendGrid`'s numeric CNAME, e.g.
     /// `12345.example.com`), lower case; checked by `trackproxy doctor`.
     pub owner_record: Option<String>,
+}
+
+/// `[[hosts]] forward_cookies`: which cookies of a request reach the ESP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardCookies {
+    /// Every cookie (the default).
+    All,
+    /// None: `Cookie` is removed.
+    None,
+    /// Only the cookies with these names (case-sensitive, RFC 6265 §5.4).
+    Only(Vec<String>),
 }
 
 /// `[tls]`

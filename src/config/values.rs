@@ -10,7 +10,8 @@ use config::{Value, ValueKind};
 use http::uri::Scheme;
 use ipnet::IpNet;
 
-use super::types::{UpstreamUrl, normalize_host_name};
+use super::esp::{self, Esp};
+use super::types::{ForwardCookies, UpstreamUrl, normalize_host_name};
 
 pub(super) fn usize_from(v: u64) -> usize {
     usize::try_from(v).unwrap_or(usize::MAX)
@@ -228,6 +229,109 @@ pub(super) fn upstream_url(v: &Value) -> Result<UpstreamUrl, String> {
         ));
     }
     Ok(UpstreamUrl { scheme, authority })
+}
+
+/// An ESP preset name (`esp = "sparkpost"`).
+pub(super) fn esp(v: &Value) -> Result<&'static Esp, String> {
+    let s = string(v)?;
+    esp::find(&s).ok_or_else(|| {
+        format!(
+            "unknown ESP {s:?}; known: {} (or set `upstream` to any URL)",
+            esp::names()
+        )
+    })
+}
+
+/// An AWS region as in `r.us-east-1.awstrack.me`: lower-case letters, digits and `-`.
+pub(super) fn region(v: &Value) -> Result<String, String> {
+    let s = string(v)?;
+    let s = s.trim();
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.split('-').count() >= 3
+        && s.split('-').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "expected an AWS region such as \"us-east-1\" or \"eu-west-1\", found {s:?}"
+        ))
+    }
+}
+
+/// `forward_cookies = "all" | "none" | ["name", …]`.
+pub(super) fn forward_cookies(v: &Value) -> Result<ForwardCookies, String> {
+    if let ValueKind::String(s) = &v.kind {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "all" => return Ok(ForwardCookies::All),
+            "none" => return Ok(ForwardCookies::None),
+            // From the environment: a comma-separated list of names.
+            _ => {}
+        }
+    }
+    let names = list(v, |n| {
+        let n = n.trim();
+        // RFC 6265 §4.1.1: a cookie name is an RFC 2616 token.
+        let token = !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token {
+            Ok(n.to_owned())
+        } else {
+            Err(format!(
+                "expected \"all\", \"none\" or a list of cookie names, found {n:?}"
+            ))
+        }
+    })?;
+    Ok(ForwardCookies::Only(names))
+}
+
+/// `paths = "esp"` (the preset's known prefixes) or a list of path prefixes.
+pub(super) fn path_prefixes(v: &Value, esp: &Esp) -> Result<Vec<String>, String> {
+    if let ValueKind::String(s) = &v.kind
+        && s.trim().eq_ignore_ascii_case("esp")
+    {
+        if esp.paths.is_empty() {
+            return Err(format!(
+                "{} has no known tracking paths in the presets; list the path prefixes \
+                 instead, e.g. [\"/click/\", \"/open/\"]",
+                esp.title
+            ));
+        }
+        return Ok(esp.paths.iter().map(|p| (*p).to_owned()).collect());
+    }
+    list(v, |p| {
+        let p = p.trim();
+        if p.starts_with('/') && !p.contains(char::is_whitespace) {
+            Ok(p.to_owned())
+        } else {
+            Err(format!(
+                "expected \"esp\" or a list of path prefixes starting with '/', found {p:?}"
+            ))
+        }
+    })
+}
+
+/// A directory that exists and can be listed.
+pub(super) fn directory(v: &Value) -> Result<PathBuf, String> {
+    let p = path(v)?;
+    std::fs::read_dir(&p).map_err(|e| format!("cannot read the directory {}: {e}", p.display()))?;
+    Ok(p)
+}
+
+/// A host's `upstream`: a URL, or `host[:port]` alone, which takes the scheme of the host's
+/// ESP preset (`http` for Mailgun, `https` for the others).
+pub(super) fn upstream_for(v: &Value, esp: &Esp) -> Result<UpstreamUrl, String> {
+    let s = string(v)?;
+    if s.contains("://") {
+        return upstream_url(v);
+    }
+    let scheme = esp.upstream.split_once("://").map_or("https", |(s, _)| s);
+    upstream_url(&Value::new(None, format!("{scheme}://{}", s.trim())))
 }
 
 /// A branded host name: a DNS name, stored lower case without a trailing dot.

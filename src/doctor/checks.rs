@@ -106,6 +106,34 @@ async fn dns_check(
         ));
         return (c, Some(r));
     }
+    // Any ESP's tracking host, not only this host's upstream: a host configured for one ESP
+    // whose DNS still leads to another (or to the ESP while the proxy forwards elsewhere).
+    if let Some((at, found)) = r
+        .chain
+        .iter()
+        .skip(1)
+        .find_map(|n| crate::config::esp::by_tracking_host(n).map(|e| (n, e)))
+    {
+        let configured = if found.tracking_hosts == t.esp.tracking_hosts {
+            String::new()
+        } else {
+            format!(" (this host is configured for {})", t.esp.title)
+        };
+        let c = Check::new(
+            Step::Dns,
+            Status::Fail,
+            format!(
+                "{host} still points at {} ({at}), not at this proxy{configured}",
+                found.title
+            ),
+        )
+        .evidence(evidence)
+        .fix(format!(
+            "Point the first CNAME, {host}, at {target} instead of {at}; do not re-verify the \
+             branding at the ESP afterwards, and leave the ownership record pointing at {at}."
+        ));
+        return (c, Some(r));
+    }
     let broken = |summary: String| {
         Check::new(Step::Dns, Status::Fail, summary)
             .evidence(evidence.clone())
@@ -191,7 +219,14 @@ async fn owner_check(dns: &Dns, t: &Target, esp: &str) -> Check {
         }
     };
     let evidence = r.describe();
-    if let Some(at) = r.chain.iter().skip(1).find(|n| within(n, esp)) {
+    // Checked against the host's ESP: its upstream's domain or one of the tracking hosts of
+    // its preset (the upstream may be a relay or, in tests, a stand-in).
+    if let Some(at) = r
+        .chain
+        .iter()
+        .skip(1)
+        .find(|n| within(n, esp) || t.esp.is_tracking_host(n))
+    {
         return Check::new(
             Step::OwnerRecord,
             Status::Ok,

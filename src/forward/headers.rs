@@ -280,6 +280,42 @@ pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forw
 /// `X-Forwarded-Host`.
 pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Keeps only the cookies named in `keep` (RFC 6265 §5.4: `Cookie: a=1; b=2`); with HTTP/2
+/// a client may send several `cookie` fields, so what is kept goes out as one field, joined
+/// with `"; "` (RFC 9113 §8.2.3). No field at all when nothing is kept.
+pub(crate) fn keep_cookies(headers: &mut HeaderMap, keep: &[String]) {
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
+            keep.iter().any(|k| k == name)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The size of the header fields as an HTTP/1.1 upstream receives them: `name: value` and
+/// CRLF for each field.
+pub(crate) fn field_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! Notices when certificate files change on disk, so rotated certificates (cert-manager
 //! updating a Kubernetes Secret, a cron job renewing from an internal CA) are served without a
-//! restart.
+//! restart. The app-link files of `[[hosts]] files` are watched the same way.
 //!
 //! It polls file metadata instead of using inotify: Secret volumes are updated by swapping a
 //! `..data` symlink, which file-level inotify watches miss, and a stat every few seconds costs
@@ -56,6 +56,21 @@ impl CertWatch {
         CertWatch {
             interval: cfg.tls.watch_interval,
             files,
+        }
+    }
+
+    /// Watches `files` (present or not: a file that appears counts as a change) every
+    /// `interval`; the app-link files of `[[hosts]] files` use it.
+    pub(crate) fn of_files(interval: Duration, files: Vec<PathBuf>) -> Self {
+        CertWatch {
+            interval,
+            files: files
+                .into_iter()
+                .map(|p| {
+                    let s = stamp(&p);
+                    (p, s)
+                })
+                .collect(),
         }
     }
 

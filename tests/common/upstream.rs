@@ -113,7 +113,30 @@ impl Upstream {
         Self::spawn(None, None).await
     }
 
+    /// Like SparkPost's tracking hosts: TLS only for clients that send SNI (a handshake
+    /// without a server name gets no certificate and fails).
+    pub async fn start_requiring_sni(ca: &TestCa) -> Self {
+        let mut cfg = (*ca.server_config(&["localhost"])).clone();
+        cfg.cert_resolver = Arc::new(SniRequired(cfg.cert_resolver.clone()));
+        Self::spawn(Some(TlsAcceptor::from(Arc::new(cfg))), None).await
+    }
+
+    /// Like Amazon SES's tracking hosts: 400 when the request's header fields together
+    /// (`name: value` and CRLF each) are over `limit` bytes.
+    pub async fn start_with_header_limit(ca: &TestCa, limit: usize) -> Self {
+        let tls = TlsAcceptor::from(ca.server_config(&["localhost"]));
+        Self::spawn_with(Some(tls), None, Some(limit)).await
+    }
+
     async fn spawn(tls: Option<TlsAcceptor>, idle_close: Option<Duration>) -> Self {
+        Self::spawn_with(tls, idle_close, None).await
+    }
+
+    async fn spawn_with(
+        tls: Option<TlsAcceptor>,
+        idle_close: Option<Duration>,
+        header_limit: Option<usize>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let record = Arc::new(Record::default());
@@ -140,9 +163,19 @@ impl Upstream {
                                 return;
                             };
                             let sni = s.get_ref().1.server_name().map(str::to_owned);
-                            serve_upstream(TokioIo::new(s), rec, sni, idle_close).await;
+                            serve_upstream(TokioIo::new(s), rec, sni, idle_close, header_limit)
+                                .await;
                         }
-                        None => serve_upstream(TokioIo::new(stream), rec, None, idle_close).await,
+                        None => {
+                            serve_upstream(
+                                TokioIo::new(stream),
+                                rec,
+                                None,
+                                idle_close,
+                                header_limit,
+                            )
+                            .await
+                        }
                     }
                 });
             }
@@ -186,6 +219,7 @@ async fn serve_upstream<I>(
     rec: Arc<Record>,
     sni: Option<String>,
     idle_close: Option<Duration>,
+    header_limit: Option<usize>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -218,6 +252,19 @@ async fn serve_upstream<I>(
                 body_len,
                 sni,
             });
+            let header_bytes: usize = parts
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+                .sum();
+            if header_limit.is_some_and(|l| header_bytes > l) {
+                // SES: "400 BadRequestException" when the headers exceed its limit.
+                let res = Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .body(Full::new(Bytes::from_static(b"BadRequestException")))
+                    .unwrap();
+                return Ok::<_, std::convert::Infallible>(res);
+            }
             Ok::<_, std::convert::Infallible>(upstream_response(&target, body_len).await)
         }
     });
@@ -270,4 +317,18 @@ async fn upstream_response(target: &str, body_len: u64) -> Response<Full<Bytes>>
 /// shows a lost, repeated or reordered piece.
 pub fn big_body(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// A certificate resolver that answers only handshakes with SNI.
+#[derive(Debug)]
+struct SniRequired(Arc<dyn rustls::server::ResolvesServerCert>);
+
+impl rustls::server::ResolvesServerCert for SniRequired {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        hello.server_name()?;
+        self.0.resolve(hello)
+    }
 }
