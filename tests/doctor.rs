@@ -46,7 +46,14 @@ struct Spec {
     hsts: Option<&'static str>,
     /// The upstream's port is closed (for the proxy and for the doctor).
     upstream_down: bool,
+    /// The app-link files the proxy serves (`apple-app-site-association`, `assetlinks.json`).
+    app_links: Option<(&'static str, &'static str)>,
 }
+
+/// An `apple-app-site-association` claiming SendGrid's universal-link path, and an
+/// `assetlinks.json`.
+const AASA: &str = r#"{"applinks": {"apps": [], "details": [{"appID": "TEAM.com.example.app", "paths": ["/uni/*"]}]}}"#;
+const ASSETLINKS: &str = r#"[{"relation": ["delegate_permission/common.handle_all_urls"], "target": {"namespace": "android_app", "package_name": "com.example.app", "sha256_cert_fingerprints": ["AA:BB"]}}]"#;
 
 impl Default for Spec {
     fn default() -> Self {
@@ -59,6 +66,7 @@ impl Default for Spec {
             proxy_host: HOST,
             hsts: None,
             upstream_down: false,
+            app_links: Some((AASA, ASSETLINKS)),
         }
     }
 }
@@ -106,9 +114,18 @@ impl World {
         let site = Website::start(&ca, &[SITE, &format!("www.{SITE}")], &headers).await;
 
         let proxy_upstream = format!("https://localhost:{upstream_port}");
-        let proxy_config = TestConfig::new(&proxy_upstream)
+        let dir = tempfile::tempdir().unwrap();
+        let mut proxy_config = TestConfig::new(&proxy_upstream)
             .upstream_ca(&ca.ca_file)
             .host(spec.proxy_host);
+        if let Some((aasa, assetlinks)) = spec.app_links {
+            let files = dir.path().join("app-links");
+            std::fs::create_dir(&files).unwrap();
+            std::fs::write(files.join("apple-app-site-association"), aasa).unwrap();
+            std::fs::write(files.join("assetlinks.json"), assetlinks).unwrap();
+            proxy_config =
+                proxy_config.host_set(spec.proxy_host, "files", files.display().to_string());
+        }
         let proxy_toml = if spec.self_signed {
             proxy_config.set("tls.self_signed", true).toml()
         } else {
@@ -126,7 +143,6 @@ impl World {
 
         // The doctor's own configuration: the host, its ownership record, the ESP it forwards
         // to, and this proxy's public name.
-        let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("trackproxy.toml");
         std::fs::write(
             &config,
@@ -302,6 +318,7 @@ async fn a_good_setup_passes_every_check() {
             "owner_record",
             "https",
             "click_path",
+            "app_links",
             "hsts",
             "caa",
             "upstream"
@@ -843,4 +860,71 @@ async fn bad_arguments_exit_64() {
         err.contains("cannot read CA file /nonexistent/ca.pem"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn app_link_files_are_fetched_through_the_proxy_and_checked() {
+    // Served by the proxy (the good setup): all three URLs, valid, claiming /uni/*.
+    let w = World::start(Spec::default()).await;
+    let run = w.doctor(&[]).await;
+    assert_eq!(run.status("app_links"), "ok", "{}", run.text);
+    assert!(
+        run.line("✓", "app links").contains(
+            "serves /.well-known/apple-app-site-association, /apple-app-site-association, \
+             /.well-known/assetlinks.json"
+        ),
+        "{}",
+        run.text
+    );
+    let evidence = run.evidence("app_links");
+    assert!(
+        evidence.contains(&format!(
+            "GET https://{HOST}/.well-known/assetlinks.json → 200 OK ({} bytes, content-type: \
+             application/json)",
+            ASSETLINKS.len()
+        )),
+        "{evidence}"
+    );
+    // Nothing reached the ESP: the proxy answered them itself.
+    assert!(
+        w.upstream
+            .requests()
+            .iter()
+            .all(|r| !r.target.contains("apple-app-site-association")
+                && !r.target.contains("assetlinks")),
+        "app-link requests were forwarded"
+    );
+
+    // No files: the ESP's answer to an unknown path is not an app-link file; nothing to check.
+    let w = World::start(Spec {
+        app_links: None,
+        ..Spec::default()
+    })
+    .await;
+    let run = w.doctor(&[]).await;
+    assert_eq!(run.code, 0, "{}", run.text);
+    assert_eq!(run.status("app_links"), "skip", "{}", run.text);
+    assert!(
+        run.summary("app_links")
+            .contains("serves no app-link files")
+    );
+
+    // An association file that does not claim SendGrid's universal-link path.
+    let w = World::start(Spec {
+        app_links: Some((
+            r#"{"applinks": {"details": [{"appID": "TEAM.com.example.app", "paths": ["/shop/*"]}]}}"#,
+            ASSETLINKS,
+        )),
+        ..Spec::default()
+    })
+    .await;
+    let run = w.doctor(&[]).await;
+    assert_eq!(run.status("app_links"), "warn", "{}", run.text);
+    assert!(
+        run.summary("app_links").contains("does not claim /uni/*"),
+        "{}",
+        run.text
+    );
+    assert!(run.fix("app_links").contains("\"/uni/*\""), "{}", run.text);
+    assert!(run.evidence("app_links").contains("paths claimed: /shop/*"));
 }

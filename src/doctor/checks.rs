@@ -1,4 +1,4 @@
-//! The seven checks of one host. Each returns a [`Check`] with a verdict, the evidence seen
+//! The eight checks of one host. Each returns a [`Check`] with a verdict, the evidence seen
 //! and a one-sentence fix; none returns early on an error: a failure is a finding.
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,13 +25,17 @@ pub(super) async fn host(opts: &Options, dns: &Dns, t: &Target) -> HostReport {
     let owner = owner_check(dns, t, &esp).await;
     let (https, verified) = https_check(opts, t, resolution.as_ref()).await;
     let https_ok = matches!(https.status, Status::Ok | Status::Warn);
+    let verified_addr = verified.as_ref().map(|(addr, _)| *addr);
     let click = click_check(opts, t, verified).await;
+    let app_links = app_links_check(opts, t, verified_addr).await;
     let hsts = hsts_check(opts, dns, t, https_ok).await;
     let caa = caa_check(opts, dns, t).await;
     let upstream = upstream_check(opts, dns, t).await;
     HostReport {
         host: t.name.clone(),
-        checks: vec![dns_check, owner, https, click, hsts, caa, upstream],
+        checks: vec![
+            dns_check, owner, https, click, app_links, hsts, caa, upstream,
+        ],
     }
 }
 
@@ -538,6 +542,222 @@ async fn click_check(opts: &Options, t: &Target, verified: Verified) -> Check {
     }
 }
 
+// ---- 4b. app-link files --------------------------------------------------------------------
+
+/// Where iOS (twice: the well-known path first) and Android fetch the app-link files.
+const APP_LINK_PATHS: [(&str, AppLinkFile); 3] = [
+    (
+        "/.well-known/apple-app-site-association",
+        AppLinkFile::AppleAppSiteAssociation,
+    ),
+    (
+        "/apple-app-site-association",
+        AppLinkFile::AppleAppSiteAssociation,
+    ),
+    ("/.well-known/assetlinks.json", AppLinkFile::AssetLinks),
+];
+
+/// Apple's limit for an `apple-app-site-association` file.
+const AASA_MAX_BYTES: usize = 128 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AppLinkFile {
+    AppleAppSiteAssociation,
+    AssetLinks,
+}
+
+/// What one app-link URL answered, judged.
+#[derive(Debug, PartialEq, Eq)]
+enum AppLinkFinding {
+    /// 404 (or an answer that is not JSON at all): not served (fine: the sender's app does not
+    /// use links on this host).
+    Absent,
+    /// 200, `application/json`, a file of the right shape; the paths it claims (AASA).
+    Good { claimed: Vec<String> },
+    /// Served, but a client would reject it.
+    Bad(String),
+}
+
+async fn app_links_check(opts: &Options, t: &Target, addr: Option<SocketAddr>) -> Check {
+    let host = &t.name;
+    let Some(addr) = addr else {
+        return Check::new(
+            Step::AppLinks,
+            Status::Skip,
+            "not tried: clients stop at the HTTPS problem above",
+        );
+    };
+    let mut c = Check::new(Step::AppLinks, Status::Ok, String::new());
+    let mut bad = Vec::new();
+    let mut served = Vec::new();
+    let mut claimed = Vec::new();
+    for (path, kind) in APP_LINK_PATHS {
+        let url = format!("https://{host}{path}");
+        let fetched = match opts.prober.tls(&[addr], host).await {
+            Ok((_, stream)) => {
+                opts.prober
+                    .fetch(stream, addr, host, path, AASA_MAX_BYTES)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let finding = match fetched {
+            Ok((answer, body)) => {
+                c = c.evidence(format!(
+                    "GET {url} → {} ({} bytes{})",
+                    answer.status,
+                    body.len(),
+                    answer
+                        .header("content-type")
+                        .map(|v| format!(", content-type: {v}"))
+                        .unwrap_or_default()
+                ));
+                judge_app_link(kind, &answer, &body)
+            }
+            Err(e) => AppLinkFinding::Bad(format!("no answer ({})", probe::chain(&e))),
+        };
+        match finding {
+            AppLinkFinding::Absent => {}
+            AppLinkFinding::Good { claimed: paths } => {
+                served.push(path);
+                claimed.extend(paths);
+            }
+            AppLinkFinding::Bad(why) => bad.push(format!("{path}: {why}")),
+        }
+    }
+    if !bad.is_empty() {
+        return Check {
+            status: Status::Fail,
+            summary: format!(
+                "app-link files on {host} would be rejected: {}",
+                bad.join("; ")
+            ),
+            ..c
+        }
+        .fix(
+            "Serve the files from the proxy with [[hosts]] files = \"DIR\" (200, \
+             application/json, no redirect), with valid JSON: apple-app-site-association at most \
+             128 KB, assetlinks.json a list.",
+        );
+    }
+    if served.is_empty() {
+        return Check {
+            status: Status::Skip,
+            summary: format!(
+                "{host} serves no app-link files (only needed for universal links / App Links)"
+            ),
+            ..c
+        };
+    }
+    let aasa_served = served
+        .iter()
+        .any(|p| p.ends_with("apple-app-site-association"));
+    if let (true, Some(pattern)) = (aasa_served, t.esp.universal_links)
+        && !claimed.iter().any(|p| claims(p, pattern))
+    {
+        return Check {
+            status: Status::Warn,
+            summary: format!(
+                "the apple-app-site-association on {host} does not claim {pattern}, the path \
+                 of {}'s universal links",
+                t.esp.title
+            ),
+            ..c
+        }
+        .evidence(format!("paths claimed: {}", claimed.join(", ")))
+        .fix(format!(
+            "Add \"{pattern}\" to the paths (or components) of the app's entry in \
+             apple-app-site-association."
+        ));
+    }
+    Check {
+        summary: format!("{host} serves {}", served.join(", ")),
+        ..c
+    }
+}
+
+/// The verdict on one app-link answer.
+fn judge_app_link(kind: AppLinkFile, answer: &probe::Answer, body: &[u8]) -> AppLinkFinding {
+    let s = answer.status;
+    if s == StatusCode::NOT_FOUND {
+        return AppLinkFinding::Absent;
+    }
+    if s.is_redirection() {
+        return AppLinkFinding::Bad(format!(
+            "{s} to {}: iOS and Android do not follow redirects for these files",
+            answer.header("location").unwrap_or("?")
+        ));
+    }
+    if s != StatusCode::OK {
+        return AppLinkFinding::Bad(format!("{s} instead of 200"));
+    }
+    let ct = answer.header("content-type").unwrap_or("");
+    let json_type = ct
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    let parsed = serde_json::from_slice::<serde_json::Value>(body);
+    let json = match (json_type, parsed) {
+        // Neither labelled nor shaped as JSON: not an app-link file, but whatever the ESP
+        // answers for an unknown path. Nobody set up app links on this host.
+        (false, Err(_)) => return AppLinkFinding::Absent,
+        (false, Ok(_)) => {
+            return AppLinkFinding::Bad(format!("content-type {ct:?} instead of application/json"));
+        }
+        (true, Err(e)) => return AppLinkFinding::Bad(format!("not valid JSON ({e})")),
+        (true, Ok(v)) => v,
+    };
+    if kind == AppLinkFile::AppleAppSiteAssociation && body.len() > AASA_MAX_BYTES {
+        return AppLinkFinding::Bad("larger than 128 KB".to_owned());
+    }
+    match kind {
+        AppLinkFile::AssetLinks if !json.is_array() => {
+            AppLinkFinding::Bad("assetlinks.json is not a list".to_owned())
+        }
+        AppLinkFile::AssetLinks => AppLinkFinding::Good {
+            claimed: Vec::new(),
+        },
+        AppLinkFile::AppleAppSiteAssociation => AppLinkFinding::Good {
+            claimed: aasa_paths(&json),
+        },
+    }
+}
+
+/// The paths an `apple-app-site-association` claims for universal links: the `paths` of each
+/// `applinks.details` entry (older format) and the `/` key of each of its `components` (iOS 13+).
+fn aasa_paths(json: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let details = json["applinks"]["details"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    for d in details {
+        for p in d["paths"].as_array().map_or(&[][..], Vec::as_slice) {
+            if let Some(p) = p.as_str() {
+                out.push(p.to_owned());
+            }
+        }
+        for comp in d["components"].as_array().map_or(&[][..], Vec::as_slice) {
+            if let Some(p) = comp["/"].as_str()
+                && comp["exclude"] != serde_json::Value::Bool(true)
+            {
+                out.push(p.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Whether a claimed AASA path pattern covers the ESP's universal-link pattern (`/uni/*`):
+/// the same pattern, everything (`*`, `/*`), or a wildcard prefix of it.
+fn claims(claimed: &str, pattern: &str) -> bool {
+    if claimed == pattern || claimed == "*" || claimed == "/*" {
+        return true;
+    }
+    claimed
+        .strip_suffix('*')
+        .is_some_and(|prefix| pattern.starts_with(prefix))
+}
+
 // ---- 5. HSTS of the sender's website --------------------------------------------------
 
 /// The directives of a `Strict-Transport-Security` value (RFC 6797 §6.1).
@@ -838,6 +1058,101 @@ async fn upstream_check(opts: &Options, dns: &Dns, t: &Target) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: u16, ct: Option<&str>, location: Option<&str>) -> probe::Answer {
+        let mut headers = http::HeaderMap::new();
+        if let Some(ct) = ct {
+            headers.insert("content-type", ct.parse().unwrap());
+        }
+        if let Some(l) = location {
+            headers.insert("location", l.parse().unwrap());
+        }
+        probe::Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers,
+        }
+    }
+
+    #[test]
+    fn app_link_answers_are_judged_as_ios_and_android_do() {
+        use AppLinkFile::{AppleAppSiteAssociation as Aasa, AssetLinks};
+        let json = Some("application/json");
+        let bad = |f: AppLinkFinding| matches!(f, AppLinkFinding::Bad(_));
+        assert_eq!(
+            judge_app_link(Aasa, &answer(404, None, None), b""),
+            AppLinkFinding::Absent
+        );
+        // The ESP's answer to an unknown path: no app links here.
+        assert_eq!(
+            judge_app_link(Aasa, &answer(200, Some("text/plain"), None), b"ok 0"),
+            AppLinkFinding::Absent
+        );
+        assert!(bad(judge_app_link(
+            AssetLinks,
+            &answer(
+                301,
+                None,
+                Some("https://www.example.com/.well-known/assetlinks.json")
+            ),
+            b""
+        )));
+        assert!(bad(judge_app_link(
+            AssetLinks,
+            &answer(500, json, None),
+            b"[]"
+        )));
+        assert!(bad(judge_app_link(
+            AssetLinks,
+            &answer(200, Some("text/plain"), None),
+            b"[]"
+        )));
+        assert!(bad(judge_app_link(
+            AssetLinks,
+            &answer(200, json, None),
+            b"{not json"
+        )));
+        assert!(bad(judge_app_link(
+            AssetLinks,
+            &answer(200, json, None),
+            b"{}"
+        )));
+        assert_eq!(
+            judge_app_link(AssetLinks, &answer(200, json, None), b"[]"),
+            AppLinkFinding::Good { claimed: vec![] }
+        );
+        let big = format!("{{\"x\": \"{}\"}}", "a".repeat(AASA_MAX_BYTES));
+        assert!(bad(judge_app_link(
+            Aasa,
+            &answer(200, json, None),
+            big.as_bytes()
+        )));
+        assert_eq!(
+            judge_app_link(
+                Aasa,
+                &answer(200, Some("application/json; charset=utf-8"), None),
+                br#"{"applinks": {"details": [{"appID": "T.a", "paths": ["/uni/*"]}]}}"#
+            ),
+            AppLinkFinding::Good {
+                claimed: vec!["/uni/*".to_owned()]
+            }
+        );
+    }
+
+    #[test]
+    fn aasa_claims_cover_the_esp_pattern() {
+        assert!(claims("/uni/*", "/uni/*"));
+        assert!(claims("*", "/uni/*"));
+        assert!(claims("/*", "/uni/*"));
+        assert!(claims("/u*", "/uni/*"));
+        assert!(!claims("/ls/click*", "/uni/*"));
+        assert!(!claims("/uni/click", "/uni/*"));
+        let old = serde_json::json!({"applinks": {"apps": [], "details": [
+            {"appID": "T.app", "paths": ["/uni/*", "NOT /x"]}]}});
+        assert_eq!(aasa_paths(&old), ["/uni/*", "NOT /x"]);
+        let new = serde_json::json!({"applinks": {"details": [{"appIDs": ["T.app"],
+            "components": [{"/": "/f/*"}, {"/": "/q/*", "exclude": true}]}]}});
+        assert_eq!(aasa_paths(&new), ["/f/*"]);
+    }
 
     #[test]
     fn hsts_directives() {

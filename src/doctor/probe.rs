@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -318,6 +318,26 @@ impl Prober {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        Ok(self.fetch(io, addr, host, target, 0).await?.0)
+    }
+
+    /// Like [`Prober::get`], and reads up to `max_body` bytes of the body (more are not read:
+    /// the body returned is then `max_body + 1` bytes long, so the caller sees it was larger);
+    /// `max_body = 0` reads none.
+    ///
+    /// # Errors
+    /// When the exchange fails or the answer does not come within the limit.
+    pub(crate) async fn fetch<S>(
+        &self,
+        io: S,
+        addr: SocketAddr,
+        host: &str,
+        target: &str,
+        max_body: usize,
+    ) -> Result<(Answer, Vec<u8>), ProbeError>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let req = Request::get(target)
             .header(http::header::HOST, host)
             .header(
@@ -332,23 +352,40 @@ impl Prober {
             let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
                 .await
                 .map_err(|source| ProbeError::Http { addr, source })?;
-            // The connection is dropped with the answer head (or on timeout).
+            // The connection is dropped with the answer (or on timeout).
             let _driver = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(conn));
-            send.send_request(req)
+            let mut res = send
+                .send_request(req)
                 .await
-                .map_err(|source| ProbeError::Http { addr, source })
+                .map_err(|source| ProbeError::Http { addr, source })?;
+            let mut body = Vec::new();
+            // `get` reads the head only: a body the ESP streams slowly must not hold it up.
+            while max_body > 0 && body.len() <= max_body {
+                let Some(frame) = res.body_mut().frame().await else {
+                    break;
+                };
+                let frame = frame.map_err(|source| ProbeError::Http { addr, source })?;
+                if let Some(data) = frame.data_ref() {
+                    let room = max_body + 1 - body.len();
+                    body.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            Ok::<_, ProbeError>((res, body))
         };
-        let res = tokio::time::timeout(self.limit, exchange)
+        let (res, body) = tokio::time::timeout(self.limit, exchange)
             .await
             .map_err(|_| ProbeError::Timeout {
                 step: "HTTP response",
                 addr,
                 limit: self.limit,
             })??;
-        Ok(Answer {
-            status: res.status(),
-            headers: res.headers().clone(),
-        })
+        Ok((
+            Answer {
+                status: res.status(),
+                headers: res.headers().clone(),
+            },
+            body,
+        ))
     }
 }
 

@@ -44,6 +44,8 @@ pub(crate) enum Step {
     Https,
     /// A tracked request through the proxy.
     ClickPath,
+    /// The app-link files (iOS universal links, Android App Links) through the proxy.
+    AppLinks,
     /// The sender's website's `Strict-Transport-Security`.
     Hsts,
     /// CAA records governing the host.
@@ -61,6 +63,7 @@ impl Step {
             Step::OwnerRecord => "owner record",
             Step::Https => "HTTPS",
             Step::ClickPath => "click path",
+            Step::AppLinks => "app links",
             Step::Hsts => "HSTS",
             Step::Caa => "CAA",
             Step::Upstream => "upstream",
