@@ -38,7 +38,7 @@ use crate::client::ConnInfo;
 use crate::config::{Config, HttpMode, UpstreamUrl};
 use crate::error::ProxyError;
 use crate::tls::SniResolver;
-use upstream::{ResponseFuture, UpstreamClient};
+use upstream::{BodyFault, RequestBody, ResponseFuture, UpstreamClient};
 
 /// Where one branded host's requests go.
 #[derive(Debug, Clone)]
@@ -168,11 +168,13 @@ impl tower::Service<Request<Incoming>> for Forward {
             },
             Ok(Prepared::Upstream {
                 req,
+                fault,
                 upstream,
                 response_timeout,
             }) => State::Sending {
                 started: Instant::now(),
                 sent: tokio::time::timeout(response_timeout, self.shared.client.request(req)),
+                fault,
                 upstream,
                 response_timeout,
             },
@@ -187,7 +189,9 @@ enum Prepared {
     Local(Response<ForwardBody>),
     /// To be sent to `upstream`.
     Upstream {
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
+        /// Where the request body's read error lands, if it has a body.
+        fault: Option<BodyFault>,
         upstream: UpstreamUrl,
         response_timeout: Duration,
     },
@@ -212,6 +216,7 @@ pin_project! {
             started: Instant,
             #[pin]
             sent: tokio::time::Timeout<ResponseFuture>,
+            fault: Option<BodyFault>,
             upstream: UpstreamUrl,
             response_timeout: Duration,
         },
@@ -229,9 +234,21 @@ impl Future for ForwardFuture {
             StateProj::Sending {
                 started,
                 sent,
+                fault,
                 upstream,
                 response_timeout,
             } => Poll::Ready(match ready!(sent.poll(cx)) {
+                // The request failed because reading its body from the client did (the
+                // upstream client only says its body failed): the client's fault.
+                Ok(Err(_)) | Err(_)
+                    if let Some(e) = fault.as_ref().and_then(|f| {
+                        f.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take()
+                    }) =>
+                {
+                    Err(ProxyError::from_client_body(e))
+                }
                 Err(_) => Err(ProxyError::UpstreamTimeout {
                     upstream: upstream.to_string(),
                     after: *response_timeout,
@@ -317,6 +334,7 @@ impl Shared {
 
         let upstream = route.upstream.clone();
         let (mut parts, body) = req.into_parts();
+        let (body, fault) = RequestBody::new(body);
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(upstream.scheme.clone());
         uri.authority = Some(upstream.authority.clone());
@@ -327,6 +345,7 @@ impl Shared {
         parts.extensions = http::Extensions::new();
         Ok(Prepared::Upstream {
             req: Request::from_parts(parts, body),
+            fault,
             upstream,
             response_timeout: settings.response_timeout,
         })
