@@ -198,3 +198,67 @@ async fn a_client_that_resets_mid_upload_is_logged_as_a_client_abort() {
         "counted as an upstream error"
     );
 }
+
+/// Sends `raw` and checks hyper's own answer, the access-log line of the refused request and
+/// its count.
+async fn check_refused(bin: &BinProxy, raw: &[u8], status: u16, kind: &str) {
+    let before = counts(bin, kind).await;
+    let lines_before = bin
+        .log_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(is_access)
+        .count();
+    let answer = exchange(bin.http, raw, false).await;
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{:?}: {answer:?}",
+        String::from_utf8_lossy(&raw[..raw.len().min(200)])
+    );
+    let lines = bin.wait_for_lines(lines_before + 1, is_access).await;
+    let line = &lines[lines_before];
+    assert_eq!(line["status"], status, "{line}");
+    assert_eq!(line["origin"], "client", "{line}");
+    assert_eq!(line["failure"], kind, "{line}");
+    assert_eq!(line["client"], "127.0.0.1", "{line}");
+    assert!(
+        line["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{line}"
+    );
+    assert!(line.get("tls").is_none(), "plain HTTP: {line}");
+    let after = counts(bin, kind).await;
+    assert_eq!(after.client, before.client + 1.0, "{kind}");
+}
+
+#[tokio::test]
+async fn requests_hyper_refuses_are_logged_and_counted() {
+    let s = Setup::new().await;
+    let bin = start(&s).await;
+    // An unparsable request line and an unparsable header line.
+    check_refused(&bin, b"GET /a b c\r\n\r\n", 400, "malformed_request").await;
+    check_refused(
+        &bin,
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nBad Header: x\r\n\r\n").as_bytes(),
+        400,
+        "malformed_request",
+    )
+    .await;
+    // A head over server.max_header_bytes (64 KiB by default): cookies of the main site.
+    let big = format!(
+        "GET /ls/click HTTP/1.1\r\nHost: {HOST}\r\nCookie: {}\r\n\r\n",
+        "c".repeat(70_000)
+    );
+    check_refused(&bin, big.as_bytes(), 431, "header_too_large").await;
+    // More header fields than server.max_headers (100).
+    let mut many = format!("GET /ls/click HTTP/1.1\r\nHost: {HOST}\r\n");
+    for i in 0..120 {
+        many.push_str(&format!("X-F{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    check_refused(&bin, many.as_bytes(), 431, "header_too_large").await;
+    assert_eq!(
+        s.upstream.count(),
+        0,
+        "nothing refused reached the upstream"
+    );
+}

@@ -333,6 +333,30 @@ impl Drop for Record {
     }
 }
 
+/// Logs a request refused by the HTTP/1 parser before it reached the stack (an unparsable
+/// request line or header: 400; a head over `server.max_header_bytes` or `server.max_headers`:
+/// 431): a line like every request's, with what is known of it — no host, method or path,
+/// since they could not be read — and `origin = "client"`, `failure`, `error`.
+pub(crate) fn rejected(
+    conn: &ConnInfo,
+    status: u16,
+    failure: &'static str,
+    error: &(dyn std::error::Error + 'static),
+) {
+    tracing::info!(
+        target: TARGET,
+        client = %conn.client.ip(),
+        status,
+        bytes = 0u64,
+        tls = conn.tls.as_ref().map(|t| t.version),
+        completed = true,
+        origin = ErrorOrigin::Client.as_str(),
+        failure,
+        error = %crate::error::chain(error),
+        "request"
+    );
+}
+
 /// The host a request is for, without a port: the URI's (HTTP/2 `:authority`, absolute-form),
 /// else the `Host` header. Empty if neither is usable.
 fn request_host<'a>(uri: &'a Uri, host_header: Option<&'a HeaderValue>) -> &'a str {
