@@ -75,6 +75,10 @@ pub enum ProxyError {
     /// `limits.max_in_flight` requests are already being served: shed instead of queueing.
     #[error("too many requests in flight")]
     Overloaded,
+    /// An HTTP/2 request's header list is over `server.max_header_bytes` or
+    /// `server.max_headers` (HTTP/1 heads over them are refused by hyper's parser).
+    #[error("request header fields too large")]
+    HeadersTooLarge,
     /// The client's request body is malformed: bad chunked framing, or it ended before its
     /// `Content-Length`.
     #[error("malformed request body")]
@@ -117,6 +121,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnknownHost { tls: true, .. } | ProxyError::Misdirected { .. } => {
                 StatusCode::MISDIRECTED_REQUEST
@@ -168,6 +173,7 @@ impl ProxyError {
             | ProxyError::UnknownHost { .. }
             | ProxyError::Misdirected { .. }
             | ProxyError::RateLimited { .. }
+            | ProxyError::HeadersTooLarge
             | ProxyError::ClientBody(_)
             | ProxyError::ClientAborted(_) => ErrorOrigin::Client,
             ProxyError::UpstreamConnect { .. }
@@ -190,6 +196,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::HeadersTooLarge => "header_too_large",
             ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::ClientAborted(_) => "client_aborted",
         }
@@ -211,6 +218,7 @@ impl ProxyError {
             | ProxyError::UpstreamRequest { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::Overloaded
+            | ProxyError::HeadersTooLarge
             | ProxyError::ClientBody(_)
             | ProxyError::ClientAborted(_) => None,
         }

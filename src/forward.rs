@@ -89,6 +89,10 @@ pub(crate) struct ForwardSettings {
     pub http_mode: HttpMode,
     /// Limit from sending the request to the response head.
     pub response_timeout: Duration,
+    /// `server.max_header_bytes` and `server.max_headers`, checked here for HTTP/2 requests
+    /// (hyper's HTTP/1 parser enforces them itself).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
 }
 
 impl ForwardSettings {
@@ -99,6 +103,8 @@ impl ForwardSettings {
             routes: Routes::from_config(cfg),
             http_mode: cfg.server.http_mode,
             response_timeout: cfg.upstream.response_timeout,
+            max_header_bytes: cfg.server.max_header_bytes,
+            max_headers: cfg.server.max_headers,
         }
     }
 }
@@ -281,9 +287,14 @@ impl Shared {
         let Some(conn) = req.extensions().get::<ConnInfo>() else {
             return Err(ProxyError::BadRequest("no connection information"));
         };
+        let settings = self.settings.load();
+        if req.version() == Version::HTTP_2
+            && headers::over_limits(&req, settings.max_header_bytes, settings.max_headers)
+        {
+            return Err(ProxyError::HeadersTooLarge);
+        }
         let tls = conn.tls.is_some();
         let target = headers::target(&req, tls)?;
-        let settings = self.settings.load();
         let Some(route) = settings.routes.get(target.name()) else {
             return Err(ProxyError::UnknownHost {
                 host: target.name().to_owned(),

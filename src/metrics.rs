@@ -390,6 +390,7 @@ impl Metrics {
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::UnknownHost { .. }
             | ProxyError::Misdirected { .. }
+            | ProxyError::HeadersTooLarge
             | ProxyError::ClientBody(_)
             | ProxyError::ClientAborted(_) => self.client_error(e.kind()),
         }

@@ -262,3 +262,79 @@ async fn requests_hyper_refuses_are_logged_and_counted() {
         "nothing refused reached the upstream"
     );
 }
+
+/// curl over HTTP/2 with headers over `server.max_header_bytes` (a site's cookies): 431 on
+/// its stream, logged and counted; the next request reuses the same connection. The limit is
+/// 16 KiB here: curl (nghttp2) cannot send a header block over 64 KiB at all, so past the
+/// default limit it is curl that gives up ("Connection died" without sending a HEADERS
+/// frame, seen in the proxy's h2 debug log), not the proxy.
+#[tokio::test]
+async fn http2_headers_over_the_limit_get_431_and_the_connection_lives_on() {
+    let s = Setup::new().await;
+    let path = s.ca.dir.path().join("trackproxy.toml");
+    std::fs::write(
+        &path,
+        s.config(&[HOST])
+            .set("server.max_header_bytes", 16_384)
+            .toml(),
+    )
+    .unwrap();
+    let bin = BinProxy::start(Some(&path), &[]).await;
+    let before = counts(&bin, "header_too_large").await;
+    let resolve = format!("{HOST}:{}:127.0.0.1", bin.https.port());
+    let ca = s.ca.ca_file.to_str().unwrap().to_owned();
+    let big = format!("Cookie: {}", "site_pref=a1b2c3d4; ".repeat(1000));
+    let big2 = format!("X-Site-State: {}", "x".repeat(100));
+    let write_out = "%{http_code} %{http_version} %{num_connects}\\n";
+    let port = bin.https.port();
+    let url1 = format!("https://{HOST}:{port}/ls/click?upn=big");
+    let url2 = format!("https://{HOST}:{port}/wf/open?upn=after");
+    let (out, err, ok) = common::curl(&[
+        "-sS",
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        write_out,
+        "-H",
+        &big,
+        "-H",
+        &big2,
+        &url1,
+        "--next",
+        "-sS",
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-o",
+        "/dev/null",
+        "-w",
+        write_out,
+        &url2,
+    ])
+    .await;
+    assert!(ok, "curl failed: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["431 2 1", "200 2 0"], "stderr: {err}");
+    let access = bin.wait_for_lines(2, is_access).await;
+    let l = &access[0];
+    assert_eq!(l["status"], 431, "{l}");
+    assert_eq!(l["origin"], "client", "{l}");
+    assert_eq!(l["failure"], "header_too_large", "{l}");
+    assert_eq!(l["version"], "HTTP/2.0", "{l}");
+    assert_eq!(l["host"], HOST, "{l}");
+    assert_eq!(access[1]["status"], 200);
+    let after = counts(&bin, "header_too_large").await;
+    assert_eq!(after.client, before.client + 1.0);
+    assert_eq!(
+        s.upstream.count(),
+        1,
+        "only the second request went upstream"
+    );
+}
