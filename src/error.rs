@@ -75,7 +75,22 @@ pub enum ProxyError {
     /// `limits.max_in_flight` requests are already being served: shed instead of queueing.
     #[error("too many requests in flight")]
     Overloaded,
+    /// An HTTP/2 request's header list is over `server.max_header_bytes` or
+    /// `server.max_headers` (HTTP/1 heads over them are refused by hyper's parser).
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    /// The client's request body is malformed: bad chunked framing, or it ended before its
+    /// `Content-Length`.
+    #[error("malformed request body")]
+    ClientBody(#[source] hyper::Error),
+    /// The client went away (connection reset, HTTP/2 stream reset) while sending its body.
+    #[error("client aborted while sending the request body")]
+    ClientAborted(#[source] hyper::Error),
 }
+
+/// The status logged and counted for a request whose client went away before it could be
+/// answered (nginx's convention); never seen by the client.
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// Whose fault an error is: drives the log level and the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +120,8 @@ impl ProxyError {
     #[must_use]
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnknownHost { tls: true, .. } | ProxyError::Misdirected { .. } => {
                 StatusCode::MISDIRECTED_REQUEST
@@ -117,6 +133,34 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ClientAborted(_) => {
+                StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+
+    /// The error for a request body that failed while it was read from the client: framing
+    /// errors and a premature end are the client's malformed request (400); anything else (a
+    /// reset connection or stream) is the client going away.
+    #[must_use]
+    pub fn from_client_body(e: hyper::Error) -> Self {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut malformed = e.is_parse() || e.is_incomplete_message();
+        while let Some(c) = cur {
+            if let Some(io) = c.downcast_ref::<io::Error>() {
+                malformed |= matches!(
+                    io.kind(),
+                    io::ErrorKind::InvalidData
+                        | io::ErrorKind::InvalidInput
+                        | io::ErrorKind::UnexpectedEof
+                );
+            }
+            cur = c.source();
+        }
+        if malformed {
+            ProxyError::ClientBody(e)
+        } else {
+            ProxyError::ClientAborted(e)
         }
     }
 
@@ -128,7 +172,10 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::UnknownHost { .. }
             | ProxyError::Misdirected { .. }
-            | ProxyError::RateLimited { .. } => ErrorOrigin::Client,
+            | ProxyError::RateLimited { .. }
+            | ProxyError::HeadersTooLarge
+            | ProxyError::ClientBody(_)
+            | ProxyError::ClientAborted(_) => ErrorOrigin::Client,
             ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamRequest { .. }
             | ProxyError::UpstreamTimeout { .. } => ErrorOrigin::Upstream,
@@ -149,6 +196,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Overloaded => "overloaded",
+            ProxyError::HeadersTooLarge => "header_too_large",
+            ProxyError::ClientBody(_) => "bad_request_body",
+            ProxyError::ClientAborted(_) => "client_aborted",
         }
     }
 
@@ -167,7 +217,10 @@ impl ProxyError {
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::UpstreamRequest { .. }
             | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::Overloaded => None,
+            | ProxyError::Overloaded
+            | ProxyError::HeadersTooLarge
+            | ProxyError::ClientBody(_)
+            | ProxyError::ClientAborted(_) => None,
         }
     }
 }
@@ -186,6 +239,16 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+/// What the access log and the metrics note about a request that failed: whose fault it was
+/// and its [`ProxyError::kind`]. Put on the error response's extensions by the rescue layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// Whose fault.
+    pub origin: ErrorOrigin,
+    /// The `failure` value of logs and the `kind` label of metrics.
+    pub kind: &'static str,
 }
 
 /// A boxed error from the connector stack (DNS, TCP, TLS).

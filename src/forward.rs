@@ -44,7 +44,7 @@ use crate::error::ProxyError;
 use crate::tls::SniResolver;
 use files::AppFiles;
 use rules::HostRules;
-use upstream::{ResponseFuture, UpstreamClient};
+use upstream::{BodyFault, RequestBody, ResponseFuture, UpstreamClient};
 
 /// Where one branded host's requests go.
 #[derive(Debug, Clone)]
@@ -100,6 +100,10 @@ pub(crate) struct ForwardSettings {
     pub response_timeout: Duration,
     /// App-link files served locally, by host.
     pub files: AppFiles,
+    /// `server.max_header_bytes` and `server.max_headers`, checked here for HTTP/2 requests
+    /// (hyper's HTTP/1 parser enforces them itself).
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
 }
 
 impl ForwardSettings {
@@ -111,6 +115,8 @@ impl ForwardSettings {
             http_mode: cfg.server.http_mode,
             response_timeout: cfg.upstream.response_timeout,
             files,
+            max_header_bytes: cfg.server.max_header_bytes,
+            max_headers: cfg.server.max_headers,
         }
     }
 }
@@ -180,11 +186,13 @@ impl tower::Service<Request<Incoming>> for Forward {
             },
             Ok(Prepared::Upstream {
                 req,
+                fault,
                 upstream,
                 response_timeout,
             }) => State::Sending {
                 started: Instant::now(),
                 sent: tokio::time::timeout(response_timeout, self.shared.client.request(req)),
+                fault,
                 upstream,
                 response_timeout,
             },
@@ -199,7 +207,9 @@ enum Prepared {
     Local(Response<ForwardBody>),
     /// To be sent to `upstream`.
     Upstream {
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
+        /// Where the request body's read error lands, if it has a body.
+        fault: Option<BodyFault>,
         upstream: UpstreamUrl,
         response_timeout: Duration,
     },
@@ -224,6 +234,7 @@ pin_project! {
             started: Instant,
             #[pin]
             sent: tokio::time::Timeout<ResponseFuture>,
+            fault: Option<BodyFault>,
             upstream: UpstreamUrl,
             response_timeout: Duration,
         },
@@ -241,9 +252,21 @@ impl Future for ForwardFuture {
             StateProj::Sending {
                 started,
                 sent,
+                fault,
                 upstream,
                 response_timeout,
             } => Poll::Ready(match ready!(sent.poll(cx)) {
+                // The request failed because reading its body from the client did (the
+                // upstream client only says its body failed): the client's fault.
+                Ok(Err(_)) | Err(_)
+                    if let Some(e) = fault.as_ref().and_then(|f| {
+                        f.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .take()
+                    }) =>
+                {
+                    Err(ProxyError::from_client_body(e))
+                }
                 Err(_) => Err(ProxyError::UpstreamTimeout {
                     upstream: upstream.to_string(),
                     after: *response_timeout,
@@ -276,9 +299,14 @@ impl Shared {
         let Some(conn) = req.extensions().get::<ConnInfo>() else {
             return Err(ProxyError::BadRequest("no connection information"));
         };
+        let settings = self.settings.load();
+        if req.version() == Version::HTTP_2
+            && headers::over_limits(&req, settings.max_header_bytes, settings.max_headers)
+        {
+            return Err(ProxyError::HeadersTooLarge);
+        }
         let tls = conn.tls.is_some();
         let target = headers::target(&req, tls)?;
-        let settings = self.settings.load();
         let Some(route) = settings.routes.get(target.name()) else {
             return Err(ProxyError::UnknownHost {
                 host: target.name().to_owned(),
@@ -340,6 +368,7 @@ impl Shared {
 
         let upstream = route.upstream.clone();
         let (mut parts, body) = req.into_parts();
+        let (body, fault) = RequestBody::new(body);
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(upstream.scheme.clone());
         uri.authority = Some(upstream.authority.clone());
@@ -353,6 +382,7 @@ impl Shared {
         parts.extensions = http::Extensions::new();
         Ok(Prepared::Upstream {
             req: Request::from_parts(parts, body),
+            fault,
             upstream,
             response_timeout: settings.response_timeout,
         })

@@ -63,6 +63,22 @@ pub(crate) const SHED: &str = "trackproxy_requests_shed_total";
 /// `trackproxy_upstream_errors_total{kind}`: failed upstream requests, by
 /// [`ProxyError::kind`].
 pub(crate) const UPSTREAM_ERRORS: &str = "trackproxy_upstream_errors_total";
+/// `trackproxy_client_errors_total{kind}`: requests refused or failed by the client's fault, by
+/// kind ([`CLIENT_ERROR_KINDS`]; 429s have their own counter).
+pub(crate) const CLIENT_ERRORS: &str = "trackproxy_client_errors_total";
+/// The `kind` values of [`CLIENT_ERRORS`]: [`ProxyError::kind`] of the client-side errors, and
+/// what hyper refuses before a request reaches the stack (`malformed_request`: an unparsable
+/// request line or header; `header_too_large`: 431).
+pub(crate) const CLIENT_ERROR_KINDS: [&str; 8] = [
+    "bad_request",
+    "method_not_allowed",
+    "unknown_host",
+    "misdirected",
+    "bad_request_body",
+    "client_aborted",
+    "malformed_request",
+    "header_too_large",
+];
 /// `trackproxy_upstream_connections_opened_total`: TCP (+TLS) connections opened to upstreams.
 pub(crate) const UPSTREAM_CONNECTIONS: &str = "trackproxy_upstream_connections_opened_total";
 /// `trackproxy_certificate_expiry_timestamp_seconds{host, source}`: the served certificate's
@@ -205,6 +221,7 @@ struct Fixed {
     upstream_connect: Counter,
     upstream_request: Counter,
     upstream_timeout: Counter,
+    client_errors: [Counter; CLIENT_ERROR_KINDS.len()],
     open_connections: Gauge,
     parked_connections: Gauge,
     in_flight: Gauge,
@@ -230,6 +247,7 @@ impl Fixed {
             upstream_connect: upstream_error("upstream_connect"),
             upstream_request: upstream_error("upstream_request"),
             upstream_timeout: upstream_error("upstream_timeout"),
+            client_errors: CLIENT_ERROR_KINDS.map(|kind| counter!(CLIENT_ERRORS, "kind" => kind)),
             open_connections: gauge!(OPEN_CONNECTIONS),
             parked_connections: gauge!(PARKED_CONNECTIONS),
             in_flight: gauge!(IN_FLIGHT),
@@ -371,8 +389,21 @@ impl Metrics {
             ProxyError::BadRequest(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::UnknownHost { .. }
-            | ProxyError::Misdirected { .. } => {}
+            | ProxyError::Misdirected { .. }
+            | ProxyError::HeadersTooLarge
+            | ProxyError::ClientBody(_)
+            | ProxyError::ClientAborted(_) => self.client_error(e.kind()),
         }
+    }
+
+    /// A request refused or failed by the client's fault, `kind` one of
+    /// [`CLIENT_ERROR_KINDS`] (another is a bug, counted as `bad_request`).
+    pub fn client_error(&self, kind: &str) {
+        let i = CLIENT_ERROR_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(0);
+        self.inner.fixed.client_errors[i].increment(1);
     }
 
     /// Counts an ACME event for `host`: `issued`, `renewed` or `failed`.
@@ -431,6 +462,11 @@ impl HostHandle {
             with_local_recorder(&self.metrics.inner.recorder, || make(&self.get().label))
         })
         .clone()
+    }
+
+    /// A client-side error of this request (see [`Metrics::client_error`]).
+    pub fn client_error(&self, kind: &str) {
+        self.metrics.client_error(kind);
     }
 
     /// One response sent: counted by method and status class.
@@ -517,6 +553,10 @@ fn describe() {
         "Requests answered 503 because limits.max_in_flight requests were in flight."
     );
     describe_counter!(UPSTREAM_ERRORS, "Failed upstream requests, by kind.");
+    describe_counter!(
+        CLIENT_ERRORS,
+        "Requests refused or failed by the client's fault, by kind."
+    );
     describe_counter!(UPSTREAM_CONNECTIONS, "Connections opened to upstreams.");
     describe_gauge!(
         CERT_EXPIRY,

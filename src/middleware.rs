@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service, ServiceBuilder};
 use tracing::{debug, warn};
 
-use crate::error::{ErrorOrigin, ProxyError};
+use crate::error::{ErrorOrigin, Failure, ProxyError};
 use crate::forward::{Forward, ForwardBody, local_response};
 use crate::limits::in_flight::{InFlight, LoadShed, LoadShedLayer};
 use crate::limits::rate::{ClientLimiter, RateLimit, RateLimitLayer};
@@ -184,6 +184,11 @@ pub(crate) fn rescue(e: &ProxyError, id: Option<&RequestIdValue>) -> Response<Fo
     }
     let reason = status.canonical_reason().unwrap_or("Error");
     let mut res = local_response(status, format!("{} {reason}\n", status.as_u16()));
+    // For the access log line (an allocation on error responses only).
+    res.extensions_mut().insert(Failure {
+        origin: e.origin(),
+        kind: e.kind(),
+    });
     if let Some(secs) = e.retry_after_secs() {
         res.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -193,6 +193,30 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) host: &'a HeaderValue,
 }
 
+/// Whether an HTTP/2 request's head is over `max_bytes` or `max_fields`, counted as its
+/// HTTP/1.1 head would be (request line, then `name: value` and CRLF per field), so that one
+/// limit means the same on both protocols.
+pub(crate) fn over_limits<B>(req: &http::Request<B>, max_bytes: usize, max_fields: usize) -> bool {
+    let headers = req.headers();
+    if headers.len() > max_fields {
+        return true;
+    }
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let mut bytes = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    if let Some(a) = uri.authority() {
+        // `:authority` stands for `Host`.
+        bytes += "host: \r\n".len() + a.as_str().len();
+    }
+    for (name, value) in headers {
+        bytes += name.as_str().len() + value.len() + 4;
+        if bytes > max_bytes {
+            return true;
+        }
+    }
+    bytes + 2 > max_bytes
+}
+
 /// Prepares a request's headers for the upstream: hop-by-hop removed, `Host` set to the
 /// branded host, `X-Forwarded-For` appended (trusted peer) or replaced (anyone else: a client
 /// must not choose the address the ESP records), `X-Forwarded-Proto`/`-Host` set.
@@ -606,5 +630,24 @@ mod tests {
         let r = req(Version::HTTP_11, "/", &["URL1.example.com."]);
         let t = target(&r, true).unwrap();
         assert_eq!(t.name(), "url1.example.com");
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::over_limits;
+
+    #[test]
+    fn http2_heads_are_measured_like_http1_ones() {
+        let req = http::Request::builder()
+            .version(http::Version::HTTP_2)
+            .uri("https://url1234.example.test/ls/click?upn=x")
+            .header("cookie", "c".repeat(40_000))
+            .header("x-site-state", "s".repeat(40_000))
+            .body(())
+            .unwrap();
+        assert!(over_limits(&req, 65_536, 100));
+        assert!(!over_limits(&req, 100_000, 100));
+        assert!(over_limits(&req, 100_000, 1));
     }
 }

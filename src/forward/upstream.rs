@@ -4,13 +4,16 @@
 //! (`sendgrid.net`), while the request's `Host` carries the branded name: this is how
 //! `SendGrid`'s own proxy recipe works. HTTP/1.1 only, because HTTP/2 would send the upstream's
 //! `:authority` beside `Host`.
+//!
+//! The request body goes as a [`RequestBody`], which keeps the client's read error: a request
+//! that failed because its body did is the client's fault, not the upstream's.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -100,7 +103,7 @@ pub(crate) type ResponseFuture =
 
 impl UpstreamClient {
     /// Sends `req` (absolute-form target) on a pooled or new connection, in origin form.
-    pub(crate) fn request(&self, req: Request<Incoming>) -> ResponseFuture {
+    pub(crate) fn request(&self, req: Request<RequestBody>) -> ResponseFuture {
         Box::pin(send(self.pool.clone(), req))
     }
 }
@@ -123,13 +126,13 @@ struct Origin {
 }
 
 struct Idle {
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<RequestBody>,
     since: Instant,
 }
 
 async fn send(
     pool: Arc<Pool>,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<PooledBody>, UpstreamError> {
     let (Some(scheme), Some(authority)) = (req.uri().scheme(), req.uri().authority()) else {
         return Err(UpstreamError::Target);
@@ -167,7 +170,7 @@ async fn send(
 impl Pool {
     /// An idle, open connection to `origin`: the one used last that is ready now (its
     /// previous response fully processed), else the one used last.
-    fn checkout(&self, origin: &Origin) -> Option<http1::SendRequest<Incoming>> {
+    fn checkout(&self, origin: &Origin) -> Option<http1::SendRequest<RequestBody>> {
         /// How many open but not yet ready connections to pass over looking for a ready one.
         const LOOK_PAST: usize = 4;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
@@ -196,7 +199,7 @@ impl Pool {
     async fn connect(
         &self,
         origin: &Origin,
-    ) -> Result<http1::SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let uri = Uri::builder()
             .scheme(origin.scheme.clone())
             .authority(origin.authority.clone())
@@ -225,7 +228,7 @@ impl Pool {
     fn pooled(
         self: &Arc<Self>,
         res: Response<Incoming>,
-        tx: http1::SendRequest<Incoming>,
+        tx: http1::SendRequest<RequestBody>,
         origin: Origin,
     ) -> Response<PooledBody> {
         let home = Some(Home {
@@ -241,7 +244,7 @@ impl Pool {
     }
 
     /// Takes back a connection whose response was read to its end.
-    fn put(self: &Arc<Self>, origin: Origin, tx: http1::SendRequest<Incoming>) {
+    fn put(self: &Arc<Self>, origin: Origin, tx: http1::SendRequest<RequestBody>) {
         if self.max_idle == 0 || tx.is_closed() {
             return;
         }
@@ -283,7 +286,7 @@ async fn sweep(pool: Weak<Pool>, idle_timeout: Duration) {
 /// Where a connection goes back when its response is done.
 struct Home {
     pool: Weak<Pool>,
-    tx: http1::SendRequest<Incoming>,
+    tx: http1::SendRequest<RequestBody>,
     origin: Origin,
 }
 
@@ -333,6 +336,73 @@ impl Body for PooledBody {
             *this.ended = true;
         }
         Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where a request body's read error is kept for the forwarder: the upstream client only
+/// reports that the body it was sending failed.
+pub(crate) type BodyFault = Arc<Mutex<Option<hyper::Error>>>;
+
+pin_project! {
+    /// A client's request body streamed to the upstream. If reading it from the client fails
+    /// (bad chunk framing, a premature end, a reset), the error is kept in its [`BodyFault`],
+    /// so that the failed upstream request is blamed on the client, not the upstream.
+    #[derive(Debug)]
+    pub(crate) struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        fault: Option<BodyFault>,
+    }
+}
+
+impl RequestBody {
+    /// `inner`, and the slot for its error: only a body that has frames to come gets one (an
+    /// allocation), GET requests and the like do not.
+    pub(crate) fn new(inner: Incoming) -> (Self, Option<BodyFault>) {
+        let fault = (!inner.is_end_stream()).then(BodyFault::default);
+        (
+            RequestBody {
+                inner,
+                fault: fault.clone(),
+            },
+            fault,
+        )
+    }
+}
+
+/// The error the upstream client sees when the client's request body failed; the error itself
+/// is in the body's [`BodyFault`].
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body from the client failed")]
+pub(crate) struct ClientBodyFailed;
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = ClientBodyFailed;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyFailed>>> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll_frame(cx)) {
+            Some(Err(e)) => {
+                if let Some(fault) = this.fault {
+                    *fault.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                }
+                Some(Err(ClientBodyFailed))
+            }
+            Some(Ok(frame)) => Some(Ok(frame)),
+            None => None,
+        })
     }
 
     fn is_end_stream(&self) -> bool {

@@ -8,6 +8,8 @@
 //! if none), `completed` (false when the client closed before the body was sent). The query
 //! string is left out unless `log.query = true`: tracking tokens identify recipients. A request
 //! whose client left before the response head is logged with status 499 (as nginx does).
+//! A failed request also has `origin` (`client`, `upstream`, `proxy`) and `failure` (its kind:
+//! `bad_request_body`, `client_aborted`, `upstream_connect`, …).
 //!
 //! Metrics are recorded from the same facts at the same moments (one body wrapper, one clock
 //! read at each end): `trackproxy_requests_total` when the head is sent, the latency histograms
@@ -34,14 +36,12 @@ use tracing::Span;
 
 use super::request_id::RequestIdValue;
 use crate::client::ConnInfo;
+use crate::error::{CLIENT_CLOSED, ErrorOrigin, Failure};
 use crate::forward::UpstreamTiming;
 use crate::metrics::{HostHandle, Metrics};
 
 /// The `tracing` target of access log events (filter with `trackproxy::access=off`).
 pub(crate) const TARGET: &str = "trackproxy::access";
-
-/// Status logged and counted when the client went away before the response head.
-const CLIENT_CLOSED: u16 = 499;
 
 /// Layer of [`AccessLog`].
 #[derive(Debug, Clone)]
@@ -128,6 +128,7 @@ where
         Poll::Ready(match res {
             Ok(res) => {
                 record.head(res.status(), res.body().upstream_timing());
+                record.failure = res.extensions().get::<Failure>().copied();
                 // hyper never polls a body that is empty from the start (HEAD, 204, 304).
                 record.completed = res.body().is_end_stream();
                 Ok(res.map(|inner| LoggedBody {
@@ -207,6 +208,8 @@ struct Record {
     upstream: Option<Duration>,
     bytes: u64,
     completed: bool,
+    /// Why the request failed, if it did.
+    failure: Option<Failure>,
     /// What only the log line needs: `None` when the access log is off (`log.level` above
     /// `info`), so that a request then copies nothing for it.
     log: Option<Box<LogFacts>>,
@@ -256,6 +259,7 @@ impl Record {
             upstream: None,
             bytes: 0,
             completed: false,
+            failure: None,
             log,
         }
     }
@@ -278,6 +282,12 @@ impl Drop for Record {
             // silently miss it.
             let s = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
             self.host.request(&self.method, s);
+            let aborted = Failure {
+                origin: ErrorOrigin::Client,
+                kind: "client_aborted",
+            };
+            self.host.client_error(aborted.kind);
+            self.failure = Some(aborted);
             CLIENT_CLOSED
         };
         self.host.request_duration(duration);
@@ -297,6 +307,8 @@ impl Drop for Record {
         let version = version_str(log.version);
         let request_id = log.request_id.as_ref().map(RequestIdValue::as_str);
         let upstream_ms = self.upstream.map(millis);
+        let origin = self.failure.map(|f| f.origin.as_str());
+        let failure = self.failure.map(|f| f.kind);
         log.span.in_scope(|| {
             tracing::info!(
                 target: TARGET,
@@ -313,10 +325,36 @@ impl Drop for Record {
                 request_id,
                 user_agent = user_agent.as_deref(),
                 completed = self.completed,
+                origin,
+                failure,
                 "request"
             );
         });
     }
+}
+
+/// Logs a request refused by the HTTP/1 parser before it reached the stack (an unparsable
+/// request line or header: 400; a head over `server.max_header_bytes` or `server.max_headers`:
+/// 431): a line like every request's, with what is known of it — no host, method or path,
+/// since they could not be read — and `origin = "client"`, `failure`, `error`.
+pub(crate) fn rejected(
+    conn: &ConnInfo,
+    status: u16,
+    failure: &'static str,
+    error: &(dyn std::error::Error + 'static),
+) {
+    tracing::info!(
+        target: TARGET,
+        client = %conn.client.ip(),
+        status,
+        bytes = 0u64,
+        tls = conn.tls.as_ref().map(|t| t.version),
+        completed = true,
+        origin = ErrorOrigin::Client.as_str(),
+        failure,
+        error = %crate::error::chain(error),
+        "request"
+    );
 }
 
 /// The host a request is for, without a port: the URI's (HTTP/2 `:authority`, absolute-form),

@@ -54,7 +54,15 @@ impl Server {
         let mut b = http2::Builder::new(TokioExecutor::new());
         b.timer(TokioTimer::new())
             .max_concurrent_streams(cfg.h2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            // Four times the limit, which the forwarder checks itself and answers with a 431
+            // the access log and metrics see. With h2's limit at `max_header_bytes` itself, h2
+            // answered 431 alone (invisible to logs) only while the compressed block was under
+            // the limit and sent GOAWAY (the whole connection died) once it was over: a
+            // 70 000-byte cookie did that. Above this limit h2 still does, as a bound on the
+            // memory a header block may take.
+            .max_header_list_size(
+                u32::try_from(cfg.max_header_bytes.saturating_mul(4)).unwrap_or(u32::MAX),
+            )
             // Rapid reset (CVE-2023-44487) and its local-error variant (CVE-2025-8671): a client
             // that makes us reset streams faster than this gets GOAWAY.
             .max_pending_accept_reset_streams(32)

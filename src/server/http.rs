@@ -44,11 +44,12 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 use tracing::instrument::Instrumented;
-use tracing::{Instrument, Span, debug, info};
+use tracing::{Instrument, Span, debug};
 
 use super::context::Server;
 use crate::client::{self, ConnInfo};
-use crate::middleware::{HttpService, ResponseBody};
+use crate::metrics::Metrics;
+use crate::middleware::{HttpService, ResponseBody, access_log};
 use crate::tls::stream::TlsStream;
 
 /// How often a connection looks at whether it is idle; also how long an HTTP/1 connection
@@ -214,6 +215,7 @@ async fn serve_h2<S: Socket>(
     server: &Server,
     token: &CancellationToken,
 ) {
+    let shared = svc.0.clone();
     let conn = server.h2.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // HTTP/2 connections are not parked: one look per idle timeout is enough.
@@ -223,7 +225,7 @@ async fn serve_h2<S: Socket>(
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
-                    log_connection_error(&e);
+                    log_connection_error(&e, &shared.info, &server.metrics);
                 }
                 return;
             }
@@ -317,6 +319,7 @@ async fn serve_h1_until_idle<S: Socket>(
     let built = (state.activity(), state.completed());
     let pristine_prefix = io.prefix.is_empty();
     // Boxed: its buffers and state are freed while the connection is parked.
+    let shared = svc.0.clone();
     let mut conn = Box::new(server.h1.serve_connection(TokioIo::new(io), svc));
     let mut closing = false;
     let mut park = None;
@@ -371,7 +374,7 @@ async fn serve_h1_until_idle<S: Socket>(
     // While `parking` was set, the socket ignored hyper's closing it.
     state.parking.store(false, Ordering::Relaxed);
     if let Err(e) = res {
-        log_connection_error(&e);
+        log_connection_error(&e, &shared.info, &server.metrics);
         return Ended::Done;
     }
     let Some(idle) = park else {
@@ -687,21 +690,24 @@ impl Body for ConnBody {
     }
 }
 
-/// Logs why hyper closed a connection: malformed requests (answered 400/431 by hyper) at info,
-/// routine endings (timeouts, resets) at debug.
-fn log_connection_error(e: &(dyn std::error::Error + 'static)) {
+/// Logs why hyper closed a connection. A request hyper refused (answered 400/431 by hyper
+/// itself, before the stack) gets an access-log line and a count, as a request the stack
+/// refuses would; routine endings (timeouts, resets) a debug line.
+fn log_connection_error(e: &(dyn std::error::Error + 'static), conn: &ConnInfo, metrics: &Metrics) {
     let Some(he) = e.downcast_ref::<hyper::Error>() else {
         debug!(failure = "io", error = %crate::error::chain(e), "connection closed");
         return;
     };
-    if he.is_parse_too_large() {
-        info!(
-            failure = "header_too_large",
-            status = 431,
-            "request refused"
-        );
+    let refused = if he.is_parse_too_large() {
+        Some((431, "header_too_large"))
     } else if he.is_parse() || he.is_parse_version_h2() {
-        info!(failure = "malformed_request", status = 400, error = %crate::error::chain(e), "request refused");
+        Some((400, "malformed_request"))
+    } else {
+        None
+    };
+    if let Some((status, failure)) = refused {
+        metrics.client_error(failure);
+        access_log::rejected(conn, status, failure, e);
     } else if he.is_timeout() {
         debug!(failure = "header_timeout", "connection closed");
     } else {

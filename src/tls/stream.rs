@@ -117,6 +117,7 @@ impl Accepting {
             tx: Vec::new(),
             tx_sent: 0,
             held: 0,
+            ack_owed: false,
             plain: Vec::new(),
             plain_read: 0,
             close_notify_sent: false,
@@ -133,11 +134,17 @@ impl Accepting {
                 // The client's Finished was the last message; what rustls queued since are
                 // its session tickets (TLS 1.2 would have queued the server's Finished).
                 tls.held = tls.tx.len();
+                tls.ack_owed = true;
                 return Ok(tls);
             }
+            // A TLS 1.2 resumption also ends with the client's flight: nothing to send.
+            let last_flight_theirs = tls.tx.is_empty();
             tls.send_all().await?;
             match step? {
-                _ if !tls.conn.is_handshaking() => return Ok(tls),
+                _ if !tls.conn.is_handshaking() => {
+                    tls.ack_owed = last_flight_theirs;
+                    return Ok(tls);
+                }
                 _ if tls.peer_closed => return Err(eof_in_handshake()),
                 Step::Closed => return Err(eof_in_handshake()),
                 Step::Ready(_) | Step::NeedBytes => {}
@@ -164,6 +171,9 @@ pub(crate) struct TlsStream {
     /// first response (or the close) and go out in the same write: one packet less per
     /// connection. Any other send takes them along.
     held: usize,
+    /// The handshake ended with the client's flight (its Finished) and nothing has been sent
+    /// since, so the kernel has not acknowledged it yet: see [`TlsStream::ack_now`].
+    ack_owed: bool,
     /// Plaintext received and not yet read: `plain[plain_read..]`.
     plain: Vec<u8>,
     plain_read: usize,
@@ -430,6 +440,8 @@ impl TlsStream {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.tx_sent += n;
+            // The segment carries the acknowledgement.
+            self.ack_owed = false;
         }
         if self.frugal || self.tx.capacity() > KEEP_TX {
             // After a large write: not kept for the connection's life.
@@ -439,6 +451,22 @@ impl TlsStream {
         }
         self.tx_sent = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Has the kernel acknowledge the client's last handshake flight now, rather than with
+    /// its delayed-ACK timer (~40 ms on Linux). Called when the first read after the handshake
+    /// finds no request: a client that leaves Nagle's algorithm on (no `TCP_NODELAY`) holds
+    /// its request until the segment before it, its Finished, is acknowledged, and this
+    /// server sends nothing before the response (the session tickets wait for it). A client
+    /// whose request came with its Finished, or right behind it, costs nothing: the read
+    /// found it. One `setsockopt` (`TCP_QUICKACK`, which sends the pending ACK) instead of
+    /// sending the tickets alone, which costs a `sendto` and a TLS record of its own.
+    fn ack_now(&mut self) {
+        self.ack_owed = false;
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Err(e) = socket2::SockRef::from(&self.io).set_tcp_quickack(true) {
+            tracing::debug!(error = %e, "TCP_QUICKACK failed");
+        }
     }
 
     async fn send_all(&mut self) -> io::Result<()> {
@@ -499,7 +527,11 @@ impl AsyncRead for TlsStream {
                 // Often the read finds nothing, and the connection waits: without a buffer.
                 this.rx.buf = Vec::new();
             }
-            ready!(this.rx.poll_fill(&mut this.io, cx))?;
+            let filled = this.rx.poll_fill(&mut this.io, cx);
+            if filled.is_pending() && this.ack_owed {
+                this.ack_now();
+            }
+            ready!(filled)?;
         }
     }
 }
