@@ -41,6 +41,9 @@ pub enum Error {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    /// The shared ACME store cannot be used with this configuration (wrong key, newer schema).
+    #[error(transparent)]
+    AcmeStore(#[from] acme::StoreError),
 }
 
 /// Everything built from a configuration before anything listens: certificates loaded,
@@ -219,6 +222,9 @@ pub async fn serve(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut acme = acme::Manager::new(acme_hosts, metrics.clone(), token.child_token());
+    if let Some(plan) = &certs.acme {
+        acme::check_store(plan).await?;
+    }
     acme.apply(certs.acme.take());
     spawn_listeners(
         listeners,

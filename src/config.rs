@@ -31,8 +31,8 @@ pub use problem::{Errors, Problem};
 pub use source::{EMBEDDED_DEFAULT, EMBEDDED_LABEL, ENV_PREFIX, ENV_SEPARATOR, Source};
 pub use types::{
     AcmeChallenge, AcmeConfig, AdminConfig, CertificateFiles, Config, DoctorConfig, Expect,
-    HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol, ServerConfig,
-    TlsConfig, UpstreamConfig, UpstreamUrl, normalize_host_name,
+    HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol, Secret, ServerConfig,
+    StoreConfig, TlsConfig, UpstreamConfig, UpstreamUrl, normalize_host_name,
 };
 
 /// Reads `source`, applies `TRACKPROXY__…` overrides from the process environment, validates.
@@ -408,7 +408,8 @@ mod tests {
         assert_eq!(
             err.0[0].message,
             "unknown key (known keys here: directory, contact, cache_dir, challenge, ca_file, \
-             backoff_initial, backoff_max)"
+             backoff_initial, backoff_max, store, store_password_file, store_password, \
+             store_key_file, store_key)"
         );
     }
 }
