@@ -41,6 +41,9 @@ pub enum Error {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    /// The shared ACME store cannot be used with this configuration (wrong key, newer schema).
+    #[error(transparent)]
+    AcmeStore(#[from] acme::StoreError),
 }
 
 /// Everything built from a configuration before anything listens: certificates loaded,
@@ -227,6 +230,9 @@ pub async fn serve(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut acme = acme::Manager::new(acme_hosts, metrics.clone(), token.child_token());
+    if let Some(plan) = &certs.acme {
+        acme::check_store(plan).await?;
+    }
     acme.apply(certs.acme.take());
     spawn_listeners(
         listeners,
@@ -263,6 +269,19 @@ pub async fn serve(
             changed = files_watch.changed() => reload::app_files(&cfg, &changed, &forward),
         }
     }
+    drain(&cfg, &health, &mut acme, &token, &tracker).await;
+    Ok(())
+}
+
+/// The graceful end: `/readyz` 503 at once, keep serving for `server.drain_delay`, then stop
+/// accepting and give in-flight requests `server.shutdown_grace`.
+async fn drain(
+    cfg: &Config,
+    health: &Health,
+    acme: &mut acme::Manager,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) {
     // From here /readyz answers 503, so a load balancer stops sending new connections while
     // the listeners still accept them for drain_delay.
     health.start_draining();
@@ -286,7 +305,6 @@ pub async fn serve(
     } else {
         info!("all connections closed");
     }
-    Ok(())
 }
 
 /// What the admin listener reads: health, hosts, certificates, metrics and a snapshot of the

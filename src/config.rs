@@ -38,7 +38,7 @@ pub use starter::Starter;
 pub use types::{
     AcmeChallenge, AcmeConfig, AdminConfig, CertificateFiles, Config, DoctorConfig, Expect,
     ForwardCookies, HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol,
-    ServerConfig, TlsConfig, UpstreamConfig, UpstreamUrl, normalize_host_name,
+    Secret, ServerConfig, StoreConfig, TlsConfig, UpstreamConfig, UpstreamUrl, normalize_host_name,
 };
 
 /// Reads `source`, applies `TRACKPROXY__…` overrides from the process environment, validates.
@@ -417,7 +417,8 @@ mod tests {
         assert_eq!(
             err.0[0].message,
             "unknown key (known keys here: directory, contact, cache_dir, challenge, ca_file, \
-             backoff_initial, backoff_max)"
+             backoff_initial, backoff_max, store, store_password_file, store_password, \
+             store_key_file, store_key)"
         );
     }
 

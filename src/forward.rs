@@ -181,6 +181,7 @@ impl tower::Service<Request<Incoming>> for Forward {
             Ok(Prepared::Local(res)) => State::Done {
                 result: Some(Ok(res)),
             },
+            Ok(Prepared::Pending(fut)) => State::Pending { fut },
             Err(e) => State::Done {
                 result: Some(Err(e)),
             },
@@ -201,10 +202,15 @@ impl tower::Service<Request<Incoming>> for Forward {
     }
 }
 
+type LocalFuture = Pin<Box<dyn Future<Output = Response<ForwardBody>> + Send>>;
+
 /// What the synchronous part of forwarding decided.
 enum Prepared {
     /// Answered here (ACME challenge, redirect to HTTPS).
     Local(Response<ForwardBody>),
+    /// Answered here once the shared ACME store has answered (an HTTP-01 challenge another
+    /// replica's order may be waiting for).
+    Pending(LocalFuture),
     /// To be sent to `upstream`.
     Upstream {
         req: Request<RequestBody>,
@@ -229,6 +235,8 @@ pin_project! {
     enum State {
         // Answered or failed before anything was sent.
         Done { result: Option<Result<Response<ForwardBody>, ProxyError>> },
+        // Answered here after a look-up (shared ACME store).
+        Pending { fut: LocalFuture },
         // Waiting for the upstream's response head.
         Sending {
             started: Instant,
@@ -249,6 +257,7 @@ impl Future for ForwardFuture {
             StateProj::Done { result } => Poll::Ready(result.take().unwrap_or(Err(
                 ProxyError::BadRequest("future polled after completion"),
             ))),
+            StateProj::Pending { fut } => fut.as_mut().poll(cx).map(Ok),
             StateProj::Sending {
                 started,
                 sent,
@@ -335,6 +344,17 @@ impl Shared {
             && let Some(token) = pq.path().strip_prefix(local::ACME_CHALLENGE_PREFIX)
             && let Some(answer) = self.acme.http01(target.name(), token)
         {
+            // No local answer: with a shared store, the order may be another replica's.
+            if answer.is_none()
+                && let Some(shared) = self.acme.shared_challenges()
+            {
+                let host = target.name().to_owned();
+                let token = token.to_owned();
+                return Ok(Prepared::Pending(Box::pin(async move {
+                    let answer = shared.http01(&host, &token).await;
+                    local::http01_response(&host, answer)
+                })));
+            }
             return Ok(Prepared::Local(local::http01_response(
                 target.name(),
                 answer,

@@ -88,6 +88,12 @@ pub(crate) const CERT_EXPIRY: &str = "trackproxy_certificate_expiry_timestamp_se
 /// `trackproxy_acme_events_total{host, event}`: ACME certificates issued, renewed, and orders
 /// failed.
 pub(crate) const ACME_EVENTS: &str = "trackproxy_acme_events_total";
+/// `trackproxy_acme_store_errors_total{op}`: failed operations on the shared ACME store
+/// (`tls.acme.store`), by operation.
+pub(crate) const ACME_STORE_ERRORS: &str = "trackproxy_acme_store_errors_total";
+/// `trackproxy_acme_lock_waits_total{host}`: times a replica found a host's order lock held by
+/// another replica and waited for its result.
+pub(crate) const ACME_LOCK_WAITS: &str = "trackproxy_acme_lock_waits_total";
 /// `trackproxy_log_lines_dropped_total`: log lines dropped because the log writer fell behind.
 pub(crate) const LOG_LINES_DROPPED: &str = "trackproxy_log_lines_dropped_total";
 
@@ -413,6 +419,20 @@ impl Metrics {
         });
     }
 
+    /// Counts a failed operation `op` on the shared ACME store.
+    pub fn acme_store_error(&self, op: &'static str) {
+        with_local_recorder(&self.inner.recorder, || {
+            counter!(ACME_STORE_ERRORS, "op" => op).increment(1);
+        });
+    }
+
+    /// Counts a wait for the order lock of `host`, held by another replica.
+    pub fn acme_lock_wait(&self, host: &str) {
+        with_local_recorder(&self.inner.recorder, || {
+            counter!(ACME_LOCK_WAITS, "host" => host.to_owned()).increment(1);
+        });
+    }
+
     /// Sets the expiry gauge of the certificate served for `host`. `source` says where it came
     /// from: `file`, `self_signed` or `acme`.
     pub fn certificate_expiry(&self, host: &str, source: &'static str, not_after: SystemTime) {
@@ -540,6 +560,14 @@ fn describe() {
     describe_counter!(
         ACCEPT_PAUSED,
         "Times accepting paused because limits.max_connections connections were open."
+    );
+    describe_counter!(
+        ACME_STORE_ERRORS,
+        "Failed operations on the shared ACME store (tls.acme.store), by operation."
+    );
+    describe_counter!(
+        ACME_LOCK_WAITS,
+        "Times an ACME order lock was held by another replica and this one waited for its result."
     );
     describe_counter!(TLS_HANDSHAKES, "Completed TLS handshakes, full or resumed.");
     describe_counter!(TLS_HANDSHAKE_FAILURES, "Failed TLS handshakes, by reason.");

@@ -20,12 +20,13 @@ use super::source;
 use super::types::{
     AcmeChallenge, AcmeConfig, AdminConfig, CertificateFiles, Config, DoctorConfig, Expect,
     ForwardCookies, HostConfig, HttpMode, LimitsConfig, LogConfig, LogFormat, ProxyProtocol,
-    ServerConfig, TlsConfig, UpstreamConfig, UpstreamUrl,
+    Secret, ServerConfig, StoreConfig, TlsConfig, UpstreamConfig, UpstreamUrl,
 };
 use super::values::{
-    acme_directory, boolean, directory, duration, esp, forward_cookies, host_name, ip_net, list,
-    mailto, one_of, path, path_prefixes, positive_duration, rate, readable_file, region,
-    socket_addr, string, u32_from, uint_in, upstream_for, upstream_url, usize_from,
+    acme_directory, boolean, directory, duration, esp, forward_cookies, hex32, host_name, ip_net,
+    list, mailto, one_of, path, path_prefixes, positive_duration, postgres_url, rate,
+    readable_file, region, socket_addr, string, u32_from, uint_in, upstream_for, upstream_url,
+    usize_from,
 };
 
 /// Validates `root`, the tree read from `file` (the label naming it in messages).
@@ -563,6 +564,7 @@ impl Reader {
             let key = t.key("backoff_max");
             self.problem(None, &key, "must not be shorter than backoff_initial");
         }
+        let store = self.acme_store(&mut t);
         self.finish(t);
         Some(AcmeConfig {
             directory: directory?,
@@ -572,7 +574,121 @@ impl Reader {
             ca_file,
             backoff_initial,
             backoff_max,
+            store: store?,
         })
+    }
+
+    /// `store`, `store_password[_file]`, `store_key[_file]` of `[tls.acme]`: `Some(None)`
+    /// without a store, `None` after a problem. Secrets are never put into a message.
+    #[allow(clippy::option_option, clippy::too_many_lines)] // absent vs invalid; one key after another
+    fn acme_store(&mut self, t: &mut Table) -> Option<Option<StoreConfig>> {
+        let url = self.get(t, "store", postgres_url);
+        let password_file = self.get(t, "store_password_file", readable_file);
+        let password = t.take("store_password");
+        let key_file = self.get(t, "store_key_file", readable_file);
+        let key = t.take("store_key");
+        let Some(url) = url else {
+            let stray = [
+                "store_password_file",
+                "store_password",
+                "store_key_file",
+                "store_key",
+            ];
+            let set = [
+                password_file.is_some(),
+                password.is_some(),
+                key_file.is_some(),
+                key.is_some(),
+            ];
+            for (name, _) in stray.iter().zip(set).filter(|(_, s)| *s) {
+                let k = t.key(name);
+                self.problem(None, &k, "only used with tls.acme.store");
+            }
+            return Some(None);
+        };
+        let mut ok = true;
+        let password = match (password_file, password) {
+            (Some(_), Some(_)) => {
+                let k = t.key("store_password");
+                self.problem(
+                    None,
+                    &k,
+                    "set either store_password or store_password_file, not both",
+                );
+                ok = false;
+                None
+            }
+            (Some(f), None) => match std::fs::read_to_string(&f) {
+                Ok(p) => Some(Secret(p.trim_end_matches(['\n', '\r']).as_bytes().to_vec())),
+                Err(e) => {
+                    let k = t.key("store_password_file");
+                    self.problem(None, &k, format!("cannot read {}: {e}", f.display()));
+                    ok = false;
+                    None
+                }
+            },
+            (None, Some(v)) => match string(&v) {
+                Ok(p) => Some(Secret(p.into_bytes())),
+                Err(m) => {
+                    let k = t.key("store_password");
+                    self.problem(None, &k, m);
+                    ok = false;
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let key_text = match (key_file, key) {
+            (Some(_), Some(_)) => {
+                let k = t.key("store_key");
+                self.problem(None, &k, "set either store_key or store_key_file, not both");
+                None
+            }
+            (Some(f), None) => match std::fs::read_to_string(&f) {
+                Ok(text) => Some(("store_key_file", text)),
+                Err(e) => {
+                    let k = t.key("store_key_file");
+                    self.problem(None, &k, format!("cannot read {}: {e}", f.display()));
+                    None
+                }
+            },
+            (None, Some(v)) => match string(&v) {
+                Ok(text) => Some(("store_key", text)),
+                Err(m) => {
+                    let k = t.key("store_key");
+                    self.problem(None, &k, m);
+                    None
+                }
+            },
+            (None, None) => {
+                let k = t.key("store_key_file");
+                self.problem(
+                    None,
+                    &k,
+                    "required with tls.acme.store: a file holding 64 hex digits (32 random \
+                     bytes, e.g. from `openssl rand -hex 32`) that encrypt the private keys \
+                     in the store; or TRACKPROXY__TLS__ACME__STORE_KEY",
+                );
+                None
+            }
+        };
+        let key = if let Some((name, text)) = key_text {
+            let key = hex32(text.trim()).map(Secret);
+            if key.is_none() {
+                let k = t.key(name);
+                self.problem(
+                    None,
+                    &k,
+                    "expected 64 hex digits (32 bytes, e.g. from `openssl rand -hex 32`); \
+                     the value is not shown",
+                );
+            }
+            key
+        } else {
+            None
+        };
+        let key = key?;
+        ok.then_some(Some(StoreConfig { url, password, key }))
     }
 
     fn admin(&mut self, root: &mut Table) -> AdminConfig {

@@ -183,6 +183,30 @@ pub struct AcmeConfig {
     pub backoff_initial: Duration,
     /// Longest wait between attempts.
     pub backoff_max: Duration,
+    /// `store = "postgres://…"`: the account key, certificates, back-off and pending
+    /// challenges shared by every replica through PostgreSQL; `None`: `cache_dir` only.
+    pub store: Option<StoreConfig>,
+}
+
+/// The PostgreSQL store of `[tls.acme]` (`store`, `store_password[_file]`, `store_key[_file]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `postgres://user@host:port/database?…`, without a password.
+    pub url: String,
+    /// The database password (`store_password_file`, or `store_password` from the environment).
+    pub password: Option<Secret>,
+    /// The 32-byte key that encrypts private keys in the store (`store_key_file` / `store_key`).
+    pub key: Secret,
+}
+
+/// A secret read from the configuration: never printed (`Debug` shows only its length).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(redacted, {} bytes)", self.0.len())
+    }
 }
 
 /// ACME challenge type.

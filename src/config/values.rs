@@ -195,6 +195,47 @@ pub(super) fn acme_directory(v: &Value) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// A PostgreSQL URL (`postgres://` or `postgresql://`) without a password in it: the
+/// password comes from `store_password_file` or the environment, never from the URL.
+pub(super) fn postgres_url(v: &Value) -> Result<String, String> {
+    let s = string(v)?;
+    let s = s.trim();
+    let Some(rest) = s
+        .strip_prefix("postgres://")
+        .or_else(|| s.strip_prefix("postgresql://"))
+    else {
+        return Err(
+            "expected a URL such as \"postgres://trackproxy@db.internal:5432/trackproxy\"".into(),
+        );
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && userinfo.contains(':')
+    {
+        return Err(
+            "the URL holds a password (not shown): put it in store_password_file \
+                    or TRACKPROXY__TLS__ACME__STORE_PASSWORD instead"
+                .into(),
+        );
+    }
+    if rest.contains("password=") {
+        return Err("the URL holds a password parameter (not shown): put it in \
+                    store_password_file or TRACKPROXY__TLS__ACME__STORE_PASSWORD instead"
+            .into());
+    }
+    Ok(s.to_owned())
+}
+
+/// 64 hex digits as 32 bytes.
+pub(super) fn hex32(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    (0..32)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 /// An ACME account contact: `mailto:` and an address.
 pub(super) fn mailto(s: &str) -> Result<String, String> {
     let s = s.trim();

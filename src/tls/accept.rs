@@ -79,7 +79,18 @@ async fn handshake(
     // certificate of the order running for that host, and the connection ends after the
     // handshake. No order running (or not an ACME host): refused.
     if rustls_acme::is_tls_alpn_challenge(&hello) {
-        let challenge = sni.as_deref().and_then(|n| resolver.challenge_config(n));
+        let mut challenge = sni.as_deref().and_then(|n| resolver.challenge_config(n));
+        // No order of this replica waits: with a shared store, another replica's may.
+        if challenge.is_none()
+            && let Some(name) = sni.as_deref()
+            && resolver.acme_host(name).is_some()
+            && let Some(shared) = resolver.shared_challenges()
+        {
+            challenge = tokio::time::timeout_at(deadline, shared.tls_alpn01(name))
+                .await
+                .ok()
+                .flatten();
+        }
         drop(start);
         let Some(config) = challenge else {
             debug!(

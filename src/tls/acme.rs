@@ -39,6 +39,8 @@
 mod cache;
 mod host;
 mod order;
+mod shared;
+mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,12 +57,14 @@ use tracing::{info, warn};
 pub use cache::directory_dir_name;
 pub use host::{AcmeHost, AcmeHosts, AcmeStatus, renew_at};
 pub use order::{Error, Settings};
+pub use store::{Error as StoreError, SharedChallenges};
 
 use crate::config::{AcmeConfig, Problem};
 use crate::metrics::Metrics;
 use crate::tls::cert::CertInfo;
 use cache::AccountStore;
 use host::lock;
+use store::{PgStore, SharedStore};
 
 /// What [`plan`] prepared: the settings and one [`AcmeHost`] per ACME host, with its cached
 /// certificate already loaded.
@@ -114,15 +118,33 @@ pub fn plan(
             None
         }
     };
+    let store = match &cfg.store {
+        Some(s) => match PgStore::new(s, &cfg.directory) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(m) => {
+                problems.push(problem("store", m));
+                None
+            }
+        },
+        None => None,
+    };
     let (Some(client), true) = (client, problems.is_empty()) else {
         return Err(problems);
     };
+    let shared = store.map(|store| {
+        Arc::new(SharedStore {
+            challenges: Arc::new(SharedChallenges::new(store.clone(), provider.clone())),
+            store,
+            account: tokio::sync::Mutex::new(None),
+        })
+    });
     let settings = Arc::new(Settings {
         config: cfg.clone(),
         account: Arc::new(AccountStore::new(dir.join("account.key"))),
         dir,
         client,
         provider: provider.clone(),
+        shared,
     });
     let hosts = hosts
         .iter()
@@ -197,6 +219,30 @@ pub fn cached_backoff(cfg: &AcmeConfig, host: &str) -> Option<(u32, SystemTime)>
     Some((b.failures, b.next_attempt?))
 }
 
+/// With a shared store (`tls.acme.store`): connects once at start to create or migrate the
+/// schema and check the store key. An unreachable store is logged and does not stop the
+/// start (the local copies under `cache_dir` are served, and the host tasks retry).
+///
+/// # Errors
+/// The store key is not the store's, or the schema is newer than this build: the replica must
+/// not run with it.
+pub async fn check_store(plan: &Plan) -> Result<(), StoreError> {
+    let Some(shared) = &plan.settings.shared else {
+        return Ok(());
+    };
+    match shared.store.check().await {
+        Ok(()) => {
+            info!(replica = %shared.store.replica, "ACME store ready");
+            Ok(())
+        }
+        Err(e @ (StoreError::WrongKey | StoreError::Schema(_))) => Err(e),
+        Err(e) => {
+            warn!(error = %crate::error::chain(&e), "ACME store not reachable at start; serving the certificates copied under cache_dir and retrying");
+            Ok(())
+        }
+    }
+}
+
 /// Runs the host tasks and keeps them in line with the configuration across reloads.
 pub(crate) struct Manager {
     hosts: AcmeHosts,
@@ -205,6 +251,8 @@ pub(crate) struct Manager {
     tracker: TaskTracker,
     settings: Option<Arc<Settings>>,
     tasks: HashMap<String, CancellationToken>,
+    /// The task listening for the shared store's notifications, when there is a store.
+    listener: Option<CancellationToken>,
 }
 
 impl Manager {
@@ -218,6 +266,7 @@ impl Manager {
             tracker: TaskTracker::new(),
             settings: None,
             tasks: HashMap::new(),
+            listener: None,
         }
     }
 
@@ -263,6 +312,25 @@ impl Manager {
             info!(host = %name, "ACME host removed");
         }
         self.hosts.store(next);
+        if !same {
+            if let Some(l) = self.listener.take() {
+                l.cancel();
+            }
+            let shared = settings.as_ref().and_then(|s| s.shared.clone());
+            self.hosts
+                .set_shared(shared.as_ref().map(|s| s.challenges.clone()));
+            if let (Some(shared), Some(s)) = (&shared, &settings) {
+                shared.challenges.set_metrics(&self.metrics);
+                let token = self.token.child_token();
+                self.listener = Some(token.clone());
+                self.tracker.spawn(shared::listen(
+                    s.clone(),
+                    self.hosts.clone(),
+                    self.metrics.clone(),
+                    token,
+                ));
+            }
+        }
         self.settings.clone_from(&settings);
         let Some(settings) = settings else { return };
         for (name, host) in start {
@@ -272,12 +340,21 @@ impl Manager {
                 self.metrics
                     .certificate_expiry(&host.name, "acme", info.not_after);
             }
-            self.tracker.spawn(order::run_host(
-                settings.clone(),
-                host,
-                self.metrics.clone(),
-                token,
-            ));
+            if settings.shared.is_some() {
+                self.tracker.spawn(shared::run_host(
+                    settings.clone(),
+                    host,
+                    self.metrics.clone(),
+                    token,
+                ));
+            } else {
+                self.tracker.spawn(order::run_host(
+                    settings.clone(),
+                    host,
+                    self.metrics.clone(),
+                    token,
+                ));
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::acme::{AcmeHost, AcmeHosts};
+use super::acme::{AcmeHost, AcmeHosts, SharedChallenges};
 
 /// Host name (lower case) → certificate served for it.
 pub type CertMap = HashMap<String, Arc<CertifiedKey>>;
@@ -99,6 +99,13 @@ impl SniResolver {
     #[must_use]
     pub fn challenge_config(&self, host: &str) -> Option<Arc<ServerConfig>> {
         self.acme.load().get(host)?.challenge_config()
+    }
+
+    /// The challenges pending in the shared ACME store (`tls.acme.store`), if there is one:
+    /// consulted when this replica has no answer of its own.
+    #[must_use]
+    pub fn shared_challenges(&self) -> Option<Arc<SharedChallenges>> {
+        self.acme.shared()
     }
 
     /// The HTTP-01 answer (RFC 8555 §8.3) for `token` on `host`: `None` if `host` does not

@@ -9,7 +9,7 @@
 //! - [`client`]: reqwest, raw TLS/TCP bytes, hyper HTTP/2, curl;
 //! - [`ports`]: loopback ports for programs the tests start;
 //! - [`wait`]: [`eventually`], the one way to wait for a condition;
-//! - [`dns`], [`haproxy`], [`pebble`], [`website`], [`metrics`]: real daemons and the admin
+//! - [`dns`], [`haproxy`], [`pebble`], [`postgres`], [`website`], [`metrics`]: real daemons and the admin
 //!   endpoints.
 //!
 //! Everything listens on loopback only and shuts down when dropped. The common items are
@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod pebble;
 pub mod pki;
 pub mod ports;
+pub mod postgres;
 pub mod proxy;
 pub mod test_config;
 pub mod upstream;

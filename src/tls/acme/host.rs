@@ -13,11 +13,16 @@ use rustls::ServerConfig;
 use rustls::sign::CertifiedKey;
 use rustls_acme::ResolvesServerCertAcme;
 
+use super::store::SharedChallenges;
 use crate::tls::cert::{CertInfo, CertSource};
 
 /// Host name (lower case) → its ACME state. Swapped whole when the set of hosts changes.
+/// With a shared store (`tls.acme.store`), also the cluster's pending challenges.
 #[derive(Debug, Clone, Default)]
-pub struct AcmeHosts(Arc<ArcSwap<HashMap<String, Arc<AcmeHost>>>>);
+pub struct AcmeHosts(
+    Arc<ArcSwap<HashMap<String, Arc<AcmeHost>>>>,
+    Arc<ArcSwapOption<SharedChallenges>>,
+);
 
 impl AcmeHosts {
     /// The hosts now.
@@ -35,6 +40,16 @@ impl AcmeHosts {
     /// Makes `hosts` the ACME hosts.
     pub(crate) fn store(&self, hosts: HashMap<String, Arc<AcmeHost>>) {
         self.0.store(Arc::new(hosts));
+    }
+
+    /// The challenges pending in the shared store, when there is one.
+    #[must_use]
+    pub fn shared(&self) -> Option<Arc<SharedChallenges>> {
+        self.1.load_full()
+    }
+
+    pub(crate) fn set_shared(&self, shared: Option<Arc<SharedChallenges>>) {
+        self.1.store(shared);
     }
 }
 
@@ -73,6 +88,8 @@ pub struct AcmeHost {
     pub(super) challenge: ArcSwapOption<Challenge>,
     status: Mutex<AcmeStatus>,
     pub(super) backoff: Mutex<Backoff>,
+    /// Woken when another replica announces a new certificate for this host (shared store).
+    pub(super) changed: tokio::sync::Notify,
 }
 
 impl fmt::Debug for AcmeHost {
@@ -97,6 +114,7 @@ impl AcmeHost {
             challenge: ArcSwapOption::empty(),
             status: Mutex::new(AcmeStatus::default()),
             backoff: Mutex::new(Backoff::default()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 

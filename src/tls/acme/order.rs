@@ -19,13 +19,14 @@ use tracing::{info, warn};
 
 use super::cache::{self, AccountStore, HostCache, RegisterError};
 use super::host::{AcmeHost, Backoff, Challenge, Served, lock, renew_at};
+use super::store::{BackoffRow, Error as StoreError, SharedStore};
 use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::metrics::Metrics;
 use crate::tls::cert::CertSource;
 
 /// Longest one order may take before it counts as failed (rustls-acme has no overall limit;
 /// its own polling gives up after about 30 s for a challenge and 17 min for processing).
-const ATTEMPT_LIMIT: Duration = Duration::from_secs(20 * 60);
+pub(super) const ATTEMPT_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 /// Longest single sleep of a host task: wall-clock deadlines are re-checked at least this
 /// often, so a suspended machine or a changed clock does not delay a renewal for long.
@@ -46,6 +47,13 @@ pub enum Error {
     /// The order made no progress in time.
     #[error("no certificate from the CA within {0:?}")]
     Timeout(Duration),
+    /// The shared store (`tls.acme.store`) failed.
+    #[error("ACME store")]
+    Store(#[source] StoreError),
+    /// The connection holding the cluster lock of the host ended mid-order: the order was
+    /// abandoned, since another replica may now hold the lock.
+    #[error("the connection holding the host's cluster lock ended; order abandoned")]
+    LockLost,
 }
 
 impl Error {
@@ -103,6 +111,8 @@ pub struct Settings {
     pub(super) client: Arc<ClientConfig>,
     pub(super) provider: Arc<CryptoProvider>,
     pub(super) account: Arc<AccountStore>,
+    /// The shared store, when `tls.acme.store` is set.
+    pub(super) shared: Option<Arc<SharedStore>>,
 }
 
 impl fmt::Debug for Settings {
@@ -195,7 +205,7 @@ impl Drop for ClearChallenge<'_> {
     }
 }
 
-fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
+pub(super) fn rfc3339(t: SystemTime) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(t)
 }
 
@@ -259,7 +269,7 @@ pub(super) async fn run_host(
 }
 
 /// A new certificate: serve it, forget the back-off, log and count.
-fn deployed(
+pub(super) fn deployed(
     settings: &Settings,
     host: &AcmeHost,
     metrics: &Metrics,
@@ -297,7 +307,7 @@ fn deployed(
 }
 
 /// A failed attempt: count it, persist when to try again, log with the CA's problem document.
-async fn failed(settings: &Settings, host: &AcmeHost, metrics: &Metrics, e: &Error) {
+pub(super) async fn failed(settings: &Settings, host: &AcmeHost, metrics: &Metrics, e: &Error) {
     let name = &host.name;
     let problem = e.problem();
     let error = crate::error::chain(e);
@@ -326,10 +336,22 @@ async fn failed(settings: &Settings, host: &AcmeHost, metrics: &Metrics, e: &Err
         s.failures = record.failures;
         s.last_error.clone_from(&record.last_error);
     });
-    let path = cache::backoff_path(&settings.dir, name);
-    let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
-    if let Err(we) = cache::write_atomic_async(path.clone(), json).await {
-        warn!(host = %name, file = %path.display(), error = %we, "cannot persist the ACME back-off record");
+    if let Some(shared) = &settings.shared {
+        let row = BackoffRow {
+            failures: record.failures,
+            next_attempt: record.next_attempt,
+            last_error: record.last_error.clone(),
+        };
+        if let Err(se) = shared.store.save_backoff(name, &row).await {
+            metrics.acme_store_error("save_backoff");
+            warn!(host = %name, error = %crate::error::chain(&se), "cannot persist the ACME back-off record in the store");
+        }
+    } else {
+        let path = cache::backoff_path(&settings.dir, name);
+        let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        if let Err(we) = cache::write_atomic_async(path.clone(), json).await {
+            warn!(host = %name, file = %path.display(), error = %we, "cannot persist the ACME back-off record");
+        }
     }
     warn!(
         host = %name,
