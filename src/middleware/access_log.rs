@@ -461,7 +461,19 @@ impl Line<'_> {
         if let Some(ip) = self.client {
             out.extend_from_slice(br#","client":""#);
             // An address's text needs no escaping.
-            let _ = write!(out, "{ip}");
+            match ip {
+                IpAddr::V4(v4) => {
+                    for (i, octet) in v4.octets().into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b'.');
+                        }
+                        decimal(out, u64::from(octet));
+                    }
+                }
+                IpAddr::V6(v6) => {
+                    let _ = write!(out, "{v6}");
+                }
+            }
             out.push(b'"');
         }
         out.extend_from_slice(br#","host":"#);
@@ -471,9 +483,9 @@ impl Line<'_> {
         out.extend_from_slice(br#","path":"#);
         logging::json_str(out, self.path);
         out.extend_from_slice(br#","status":"#);
-        json(out, self.status);
+        decimal(out, u64::from(self.status));
         out.extend_from_slice(br#","bytes":"#);
-        json(out, self.bytes);
+        decimal(out, self.bytes);
         out.extend_from_slice(br#","duration_ms":"#);
         json(out, millis(self.duration));
         if let Some(u) = self.upstream {
@@ -498,8 +510,11 @@ impl Line<'_> {
                 Err(_) => logging::json_str(out, &String::from_utf8_lossy(ua)),
             }
         }
-        out.extend_from_slice(br#","completed":"#);
-        json(out, self.completed);
+        out.extend_from_slice(if self.completed {
+            br#","completed":true"#
+        } else {
+            br#","completed":false"#
+        });
         out.extend_from_slice(br#","target":"trackproxy::access""#);
         if self.in_request_span {
             out.extend_from_slice(br#","span":{"request_id":"#);
@@ -510,11 +525,32 @@ impl Line<'_> {
     }
 }
 
-/// Appends a number or boolean as `serde_json` writes it, as `tracing`'s JSON formatter does
-/// (integers in decimal, floats shortest round-trip, non-finite floats `null`).
-fn json(out: &mut Vec<u8>, v: impl serde::Serialize) {
+/// Appends a float as `serde_json` writes it, as `tracing`'s JSON formatter does (shortest
+/// round-trip, non-finite `null`).
+fn json(out: &mut Vec<u8>, v: f64) {
+    use serde_json::ser::Formatter as _;
     // Writing into a Vec cannot fail.
-    let _ = v.serialize(&mut serde_json::Serializer::new(out));
+    let _ = if v.is_finite() {
+        serde_json::ser::CompactFormatter.write_f64(out, v)
+    } else {
+        serde_json::ser::CompactFormatter.write_null(out)
+    };
+}
+
+/// Appends `n` in decimal.
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        // Below 10 by construction.
+        digits[i] = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// RFC 3339 UTC with microseconds, as `tracing-subscriber` writes it:
@@ -893,6 +929,20 @@ mod tests {
                 bytes: u64::MAX,
                 method: "PROPFIND",
                 path: "/wf/open?upn=a%22b",
+                ..line(None, None)
+            },
+            Line {
+                client: Some("198.51.100.7".parse().unwrap()),
+                ..line(Some(b"ua"), Some("v4"))
+            },
+            Line {
+                client: Some("0.0.0.0".parse().unwrap()),
+                ..line(None, None)
+            },
+            Line {
+                client: Some("255.255.255.255".parse().unwrap()),
+                status: 0,
+                bytes: 1_000_000_007,
                 ..line(None, None)
             },
             Line {
