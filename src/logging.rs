@@ -11,7 +11,7 @@
 //!
 //! In JSON, the access log's lines are written straight into the sink by the access-log layer
 //! (`crate::middleware::access_log`), without going through `tracing`'s field machinery: see
-//! [`json_sink`].
+//! `json_sink`.
 
 use std::collections::VecDeque;
 use std::fmt;
