@@ -4,11 +4,13 @@
 //! seconds.
 //!
 //! It mints the load harness's certificates, starts its sendgrid.net look-alike upstream, runs
-//! `PROXY_CMD… serve --config FILE` with the harness's trackproxy configuration (`log.level =
-//! "warn"`, rate limit out of reach), sends `--warmup` requests on each connection (TLS
-//! handshakes, upstream pool), runs `--start`, sends `REQUESTS` requests (half clicks, half
-//! opens, as the harness does), runs `--stop`, then stops the proxy with SIGTERM so that
-//! valgrind writes its output. In `--start`/`--stop`, `{pid}` is the proxy's process id.
+//! `PROXY_CMD… serve --config FILE` with the harness's trackproxy configuration (rate limit out
+//! of reach; `--logging off`, the default: `log.level = "warn"`; `--logging on`: the shipped
+//! default logging, access log included, stdout to a file whose access-log lines are counted
+//! at the end), sends `--warmup` requests on each connection (TLS handshakes, upstream pool),
+//! runs `--start`, sends `REQUESTS` requests (half clicks, half opens, as the harness does),
+//! runs `--stop`, then stops the proxy with SIGTERM so that valgrind writes its output. In
+//! `--start`/`--stop`, `{pid}` is the proxy's process id.
 //!
 //! ```sh
 //! cargo build --release --bins --example per_request
@@ -62,6 +64,11 @@ struct Args {
     /// Shell command run after the measured requests.
     #[arg(long)]
     stop: Option<String>,
+    /// `off`: the proxy at `log.level = "warn"` (no access log); `on`: its shipped default
+    /// logging (`info`, JSON, access log on), stdout to a file, checked for one access-log
+    /// line per request when the proxy has exited.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    logging: String,
     /// `h1` (HTTP/1.1 keep-alive) or `h2` (HTTP/2, 10 streams per connection).
     mode: String,
     /// Measured requests in all (a multiple of CONNECTIONS).
@@ -89,6 +96,7 @@ async fn main() -> Result<()> {
         args.connections > 0 && args.requests.is_multiple_of(args.connections),
         "REQUESTS must be a multiple of CONNECTIONS"
     );
+    let logging = args.logging == "on";
     let dir = tempfile::tempdir()?;
     let pki = pki::Pki::create(dir.path())?;
     let upstream = upstream::Upstream::start(Some(pki.upstream_tls()?)).await?;
@@ -102,15 +110,22 @@ async fn main() -> Result<()> {
             https,
             free_port()?,
             free_port()?,
-            Some("warn"),
+            (!logging).then_some("warn"),
         ),
     )?;
+    let log_path = dir.path().join("trackproxy.log");
+    let stdout = if logging {
+        std::process::Stdio::from(std::fs::File::create(&log_path)?)
+    } else {
+        std::process::Stdio::inherit()
+    };
     let (program, rest) = args.proxy.split_first().context("no proxy command")?;
     let mut child = tokio::process::Command::new(program)
         .args(rest)
         .args(["serve", "--config"])
         .arg(&config)
         .env_remove("RUST_LOG")
+        .stdout(stdout)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {program}"))?;
@@ -154,6 +169,20 @@ async fn main() -> Result<()> {
     ensure!(killed.success(), "kill {pid} failed");
     let status = child.wait().await?;
     eprintln!("per_request: proxy exited with {status}");
+    if logging {
+        let log = std::fs::read_to_string(&log_path)?;
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(r#""target":"trackproxy::access""#))
+            .count();
+        let lines = u64::try_from(lines)?;
+        let sent = args.warmup * args.connections + args.requests;
+        eprintln!("per_request: {lines} access-log lines for {sent} requests");
+        ensure!(
+            lines == sent,
+            "{lines} access-log lines for {sent} requests"
+        );
+    }
     Ok(())
 }
 

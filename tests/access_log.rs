@@ -1,10 +1,13 @@
 //! The access log of the real binary: one JSON line per request with the documented fields,
-//! the request id in every line of the request, and no query string unless `log.query = true`.
+//! the request id in every line of the request, and no query string unless `log.query = true`;
+//! under load every request gets its one complete line, a SIGTERM right after a burst loses
+//! none, and a stdout nobody reads makes the proxy drop and count lines, not stall requests.
 
 #![allow(clippy::pedantic, clippy::unwrap_used)]
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use common::metrics::admin_get;
@@ -20,6 +23,10 @@ async fn start(s: &Setup, env: &[(&str, &str)]) -> BinProxy {
     let toml = s
         .config(&[HOST, DOWN])
         .host_set(DOWN, "upstream", format!("http://{closed}"))
+        // Load from one address: no rate limit in the way.
+        .set("limits.per_client_rps", 1_000_000)
+        .set("limits.per_client_burst", 1_000_000)
+        .set("limits.per_client_connections", 0)
         .toml();
     let path = s.ca.dir.path().join("trackproxy.toml");
     std::fs::write(&path, toml).unwrap();
@@ -27,16 +34,21 @@ async fn start(s: &Setup, env: &[(&str, &str)]) -> BinProxy {
 }
 
 fn client(s: &Setup, bin: &BinProxy) -> reqwest::Client {
-    reqwest::Client::builder()
+    client_with(s, bin, false)
+}
+
+/// One reqwest client is one connection per concurrent request (HTTP/1.1) or one connection
+/// (HTTP/2, ALPN).
+fn client_with(s: &Setup, bin: &BinProxy, http2: bool) -> reqwest::Client {
+    let b = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(s.ca.cert_pem.as_bytes()).unwrap()])
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .resolve(HOST, bin.https)
         .resolve(DOWN, bin.https)
-        .http1_only()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
+        .timeout(Duration::from_secs(20));
+    let b = if http2 { b } else { b.http1_only() };
+    b.build().unwrap()
 }
 
 fn is_access(v: &Value) -> bool {
@@ -140,4 +152,184 @@ async fn query_is_logged_when_enabled() {
     let id = lines[0]["request_id"].as_str().unwrap();
     assert_eq!(id.len(), 32);
     assert_eq!(s.upstream.last().header("x-request-id"), Some(id));
+}
+
+/// Sends `per_client` requests on each of `h1` HTTP/1.1 connections (one at a time) and `h2`
+/// HTTP/2 connections (10 streams at a time), each with a request id of its own, alternating
+/// clicks and opens; returns the ids sent.
+async fn burst(
+    s: &Setup,
+    bin: &BinProxy,
+    h1: usize,
+    h2: usize,
+    per_client: usize,
+    user_agent: &str,
+) -> HashSet<String> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..h1 + h2 {
+        let http2 = c >= h1;
+        let client = client_with(s, bin, http2);
+        let ua = user_agent.to_owned();
+        tasks.spawn(async move {
+            let streams = if http2 { 10 } else { 1 };
+            let mut ids = Vec::new();
+            let mut pending = futures_util::stream::FuturesUnordered::new();
+            for i in 0..per_client {
+                let id = format!("load-{c}-{i}");
+                let path = if i % 2 == 0 {
+                    "/ls/click?upn=T"
+                } else {
+                    "/wf/open?upn=T"
+                };
+                let req = client
+                    .get(format!("https://{HOST}{path}"))
+                    .header("x-request-id", &id)
+                    .header("user-agent", &ua)
+                    .send();
+                pending.push(async move {
+                    let res = req.await.unwrap();
+                    let version = res.version();
+                    let status = res.status();
+                    assert!(status == 302 || status == 200, "{status}");
+                    res.bytes().await.unwrap();
+                    version
+                });
+                ids.push(id);
+                if pending.len() >= streams {
+                    let v = futures_util::StreamExt::next(&mut pending).await.unwrap();
+                    assert_eq!(v == reqwest::Version::HTTP_2, http2);
+                }
+            }
+            while let Some(v) = futures_util::StreamExt::next(&mut pending).await {
+                assert_eq!(v == reqwest::Version::HTTP_2, http2);
+            }
+            ids
+        });
+    }
+    let mut ids = HashSet::new();
+    while let Some(r) = tasks.join_next().await {
+        ids.extend(r.unwrap());
+    }
+    assert_eq!(ids.len(), (h1 + h2) * per_client);
+    ids
+}
+
+/// Every line of the proxy's stdout is one complete JSON object; the access-log lines among
+/// them.
+fn access_lines(bin: &BinProxy) -> Vec<Value> {
+    bin.log_lines()
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"))
+        })
+        .filter(is_access)
+        .collect()
+}
+
+/// Each id has exactly one access-log line, and each line has every field of a proxied
+/// request.
+fn one_complete_line_each(lines: &[Value], ids: &HashSet<String>) {
+    let mut seen = HashSet::new();
+    for l in lines {
+        let id = l["request_id"].as_str().unwrap_or_else(|| panic!("{l}"));
+        assert!(ids.contains(id), "a line for a request never sent: {l}");
+        assert!(seen.insert(id.to_owned()), "two lines for {id}");
+        assert_eq!(l["host"], HOST, "{l}");
+        assert!(l["path"] == "/ls/click" || l["path"] == "/wf/open", "{l}");
+        let status = l["status"].as_u64().unwrap();
+        assert!(status == 302 || status == 200, "{l}");
+        assert_eq!(l["completed"], true, "{l}");
+        assert_eq!(l["client"], "127.0.0.1");
+        assert_eq!(l["tls"], "TLSv1.3");
+        assert_eq!(l["level"], "INFO");
+        assert_eq!(l["message"], "request");
+        assert_eq!(l["span"]["request_id"], id);
+        assert!(
+            l["bytes"].as_u64().is_some() && l["user_agent"].is_string(),
+            "{l}"
+        );
+        assert!(l["duration_ms"].as_f64().unwrap() >= l["upstream_ms"].as_f64().unwrap());
+        assert!(l["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(seen.len(), ids.len(), "requests without a line");
+}
+
+#[tokio::test]
+async fn under_load_every_request_gets_one_complete_line() {
+    let s = Setup::new().await;
+    let bin = start(&s, &[]).await;
+    // 6 HTTP/1.1 and 2 HTTP/2 connections, 3 000 requests, at the tests' `debug` level (so the
+    // access lines share the log with many others).
+    let ids = burst(&s, &bin, 6, 2, 375, "Mozilla/5.0 (load)").await;
+    let lines = bin.wait_for_lines(ids.len(), is_access).await;
+    assert_eq!(lines.len(), ids.len());
+    one_complete_line_each(&access_lines(&bin), &ids);
+    let versions: HashSet<&str> = lines
+        .iter()
+        .map(|l| l["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, HashSet::from(["HTTP/1.1", "HTTP/2.0"]));
+    let m = common::metrics::scrape(bin.admin).await;
+    assert_eq!(m.value("trackproxy_log_lines_dropped_total", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_sigterm_right_after_a_burst_loses_no_line() {
+    let s = Setup::new().await;
+    let mut bin = start(&s, &[("TRACKPROXY__LOG__LEVEL", "info")]).await;
+    let ids = burst(&s, &bin, 8, 0, 250, "Mozilla/5.0 (burst)").await;
+    // At once: most lines are still in the proxy's buffer (flushed every 100 ms).
+    bin.signal("TERM").await;
+    let status = tokio::time::timeout(Duration::from_secs(20), bin.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // The process is gone: what it wrote is all in the pipe, which the reader drains.
+    let lines = bin.wait_for_lines(ids.len(), is_access).await;
+    assert_eq!(lines.len(), ids.len());
+    one_complete_line_each(&access_lines(&bin), &ids);
+    // The shutdown's own lines come after the requests' lines.
+    let all = bin.log_lines();
+    let last_access = all
+        .iter()
+        .rposition(|l| l.contains(r#""target":"trackproxy::access""#));
+    let closed = all
+        .iter()
+        .position(|l| l.contains("all connections closed"));
+    assert!(
+        closed.is_some() && closed > last_access,
+        "{:?}",
+        &all[all.len() - 3..]
+    );
+}
+
+#[tokio::test]
+async fn a_stdout_nobody_reads_drops_and_counts_lines_instead_of_blocking() {
+    let s = Setup::new().await;
+    let bin = start(&s, &[("TRACKPROXY__LOG__LEVEL", "info")]).await;
+    bin.pause_stdout();
+    // 8 KiB user agents make ~8.3 KiB lines: the 16 MiB the proxy buffers hold ~2 000 of
+    // them, the pipe a few more; 3 000 requests overflow it.
+    let ua = format!("Mozilla/5.0 ({})", "x".repeat(8 * 1024));
+    let started = std::time::Instant::now();
+    let ids = burst(&s, &bin, 4, 2, 500, &ua).await;
+    let elapsed = started.elapsed();
+    let dropped = common::metrics::scrape(bin.admin)
+        .await
+        .value("trackproxy_log_lines_dropped_total", &[]);
+    assert!(dropped > 0.0, "nothing dropped in {elapsed:?}");
+    assert!(dropped < ids.len() as f64);
+    // Reading again: every request is either written or counted, none both.
+    bin.resume_stdout();
+    let total = ids.len() - dropped as usize;
+    let lines = bin.wait_for_lines(total, is_access).await;
+    assert_eq!(lines.len(), total);
+    let after = common::metrics::scrape(bin.admin)
+        .await
+        .value("trackproxy_log_lines_dropped_total", &[]);
+    assert_eq!(after, dropped);
+    // No request waited for the log: had one blocked on the full pipe, `burst` would never
+    // have returned (nobody read stdout until it had), and its requests would have timed out.
+    assert!(elapsed < Duration::from_secs(60), "{elapsed:?}");
 }

@@ -18,6 +18,8 @@ pub struct BinProxy {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Whether stdout is being read (see [`BinProxy::pause_stdout`]).
+    reading: tokio::sync::watch::Sender<bool>,
 }
 
 impl BinProxy {
@@ -45,11 +47,18 @@ impl BinProxy {
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = log.clone();
+        let (reading, mut gate) = tokio::sync::watch::channel(true);
         tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
             let mut tx = Some(tx);
             let mut r = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = r.next_line().await {
+            loop {
+                if gate.wait_for(|reading| *reading).await.is_err() {
+                    break;
+                }
+                let Ok(Some(line)) = r.next_line().await else {
+                    break;
+                };
                 let v = serde_json::from_str::<serde_json::Value>(&line).unwrap_or_default();
                 if v["message"] == "trackproxy listening" {
                     let https = v["https"].as_str().unwrap().parse().unwrap();
@@ -80,7 +89,19 @@ impl BinProxy {
             http,
             admin,
             log,
+            reading,
         }
+    }
+
+    /// Stops reading the proxy's stdout (after the line being read): once the pipe's buffer
+    /// is full, the proxy's writes to stdout block, as when a log collector hangs.
+    pub fn pause_stdout(&self) {
+        self.reading.send_replace(false);
+    }
+
+    /// Reads stdout again.
+    pub fn resume_stdout(&self) {
+        self.reading.send_replace(true);
     }
 
     pub fn pid(&self) -> u32 {
