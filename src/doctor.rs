@@ -13,6 +13,9 @@
 //!    untrusted issuer, ! under 14 days.
 //! 4. **click path** — `GET /wf/open` (or the `--link`, upgraded to `https://`) through the
 //!    proxy, redirect not followed: ✓ on the ESP's 2xx/3xx, ✗ on 421/5xx.
+//! 4b. **app links** — the iOS and Android app-link files through the proxy: ✗ on a redirect,
+//!    a wrong type, invalid JSON or shape; ! when the association file does not claim the
+//!    ESP's universal-link path; skipped when none is served.
 //! 5. **HSTS** — the sender's website (`https://` + the registrable domain, or `--site`):
 //!    with `includeSubDomains`, browsers force `https://` on the tracking host too.
 //! 6. **CAA** — the record set governing the host (climbing to the registrable domain): ✗ when
