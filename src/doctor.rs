@@ -13,14 +13,14 @@
 //!    untrusted issuer, ! under 14 days.
 //! 4. **click path** — `GET /wf/open` (or the `--link`, upgraded to `https://`) through the
 //!    proxy, redirect not followed: ✓ on the ESP's 2xx/3xx, ✗ on 421/5xx.
-//! 4b. **app links** — the iOS and Android app-link files through the proxy: ✗ on a redirect,
+//! 5. **app links** — the iOS and Android app-link files through the proxy: ✗ on a redirect,
 //!    a wrong type, invalid JSON or shape; ! when the association file does not claim the
 //!    ESP's universal-link path; skipped when none is served.
-//! 5. **HSTS** — the sender's website (`https://` + the registrable domain, or `--site`):
+//! 6. **HSTS** — the sender's website (`https://` + the registrable domain, or `--site`):
 //!    with `includeSubDomains`, browsers force `https://` on the tracking host too.
-//! 6. **CAA** — the record set governing the host (climbing to the registrable domain): ✗ when
+//! 7. **CAA** — the record set governing the host (climbing to the registrable domain): ✗ when
 //!    it does not allow the CA (`--ca-domain`, default `letsencrypt.org`).
-//! 7. **upstream** — TLS and an HTTP answer from the host's upstream, from this machine.
+//! 8. **upstream** — TLS and an HTTP answer from the host's upstream, from this machine.
 //!
 //! Every network step runs under `--timeout` (default 5 s), so no check can hang.
 //!
