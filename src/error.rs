@@ -75,6 +75,11 @@ pub enum ProxyError {
     /// `limits.max_in_flight` requests are already being served: shed instead of queueing.
     #[error("too many requests in flight")]
     Overloaded,
+    /// The request's `Transfer-Encoding` names a coding other than `chunked` (e.g. `gzip,
+    /// chunked`): the proxy would pass the coded bytes on as plain content (RFC 9112 §6.1:
+    /// a server SHOULD answer 501 to a transfer coding it does not understand).
+    #[error("transfer coding other than chunked")]
+    UnsupportedTransferCoding,
     /// An HTTP/2 request's header list is over `server.max_header_bytes` or
     /// `server.max_headers` (HTTP/1 heads over them are refused by hyper's parser).
     #[error("request header fields too large")]
@@ -122,6 +127,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnknownHost { tls: true, .. } | ProxyError::Misdirected { .. } => {
                 StatusCode::MISDIRECTED_REQUEST
@@ -174,6 +180,7 @@ impl ProxyError {
             | ProxyError::Misdirected { .. }
             | ProxyError::RateLimited { .. }
             | ProxyError::HeadersTooLarge
+            | ProxyError::UnsupportedTransferCoding
             | ProxyError::ClientBody(_)
             | ProxyError::ClientAborted(_) => ErrorOrigin::Client,
             ProxyError::UpstreamConnect { .. }
@@ -197,6 +204,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::Overloaded => "overloaded",
             ProxyError::HeadersTooLarge => "header_too_large",
+            ProxyError::UnsupportedTransferCoding => "unsupported_transfer_coding",
             ProxyError::ClientBody(_) => "bad_request_body",
             ProxyError::ClientAborted(_) => "client_aborted",
         }
@@ -219,6 +227,7 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::Overloaded
             | ProxyError::HeadersTooLarge
+            | ProxyError::UnsupportedTransferCoding
             | ProxyError::ClientBody(_)
             | ProxyError::ClientAborted(_) => None,
         }

@@ -314,6 +314,9 @@ impl Shared {
         {
             return Err(ProxyError::HeadersTooLarge);
         }
+        if headers::has_other_transfer_coding(req.headers()) {
+            return Err(ProxyError::UnsupportedTransferCoding);
+        }
         let tls = conn.tls.is_some();
         let target = headers::target(&req, tls)?;
         let Some(route) = settings.routes.get(target.name()) else {

@@ -397,6 +397,7 @@ impl Metrics {
             | ProxyError::UnknownHost { .. }
             | ProxyError::Misdirected { .. }
             | ProxyError::HeadersTooLarge
+            | ProxyError::UnsupportedTransferCoding
             | ProxyError::ClientBody(_)
             | ProxyError::ClientAborted(_) => self.client_error(e.kind()),
         }

@@ -291,23 +291,30 @@ fn rows() -> Vec<Row> {
             400,
             Fwd::Nothing,
         ),
-        // hyper takes any coding list ending in chunked; the proxy forwards the de-chunked
-        // bytes, chunked again, without the other codings.
+        // hyper takes any coding list ending in chunked and hands on the de-chunked bytes,
+        // still gzip-coded: the proxy answers 501 (RFC 9112 §6.1) instead of passing them on
+        // as the plain content.
         row(
             "TE gzip, chunked",
             post_with(
                 "Transfer-Encoding: gzip, chunked\r\n",
                 "3\r\nabc\r\n0\r\n\r\n",
             ),
-            200,
-            post(3, true),
+            501,
+            Fwd::Nothing,
         ),
         row(
-            "TE chunked in two lines, chunked last",
+            "TE gzip and chunked in two lines, chunked last",
             post_with(
                 "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
                 "3\r\nabc\r\n0\r\n\r\n",
             ),
+            501,
+            Fwd::Nothing,
+        ),
+        row(
+            "TE Chunked (case-insensitive)",
+            post_with("Transfer-Encoding: Chunked\r\n", "3\r\nabc\r\n0\r\n\r\n"),
             200,
             post(3, true),
         ),

@@ -340,6 +340,19 @@ pub(crate) fn field_bytes(headers: &HeaderMap) -> usize {
         .sum()
 }
 
+/// Whether `Transfer-Encoding` names any coding other than `chunked` (hyper accepts a list
+/// ending in `chunked`, such as `gzip, chunked`, and hands on the de-chunked bytes, which are
+/// still gzip-coded; forwarded, chunked again without the header, the ESP would take them for
+/// the plain content).
+pub(crate) fn has_other_transfer_coding(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TRANSFER_ENCODING).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
