@@ -56,6 +56,8 @@ pub mod config;
 pub(crate) mod doctor;
 pub mod error;
 pub(crate) mod forward;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub(crate) mod limits;
 pub mod logging;
 pub(crate) mod metrics;

@@ -24,7 +24,7 @@ mod accept;
 mod context;
 mod http;
 mod listeners;
-mod proxy_protocol;
+pub(crate) mod proxy_protocol;
 
 pub(crate) use accept::{Kind, accept_loop};
 pub(crate) use context::Server;

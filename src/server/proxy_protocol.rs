@@ -99,21 +99,15 @@ impl Policy {
             if n == 0 {
                 return Err(Refused::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            let parsed = ppp::HeaderResult::parse(&buf[..n]);
-            if parsed.is_incomplete() {
-                if n == buf.len() {
-                    return Err(Refused::Malformed);
-                }
-                // The rest of the header is still in flight (rare: load balancers send it in
-                // one segment); wait a little instead of spinning on peek.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-            let (len, source) = match parsed {
-                ppp::HeaderResult::V1(Ok(h)) => (h.header.len(), v1_source(&h.addresses)),
-                ppp::HeaderResult::V2(Ok(h)) => (h.len(), v2_source(&h)),
-                ppp::HeaderResult::V1(Err(_)) | ppp::HeaderResult::V2(Err(_)) => {
-                    return Err(Refused::Malformed);
+            let (len, source) = match parse(&buf[..n]) {
+                Parsed::Header { len, source } => (len, source),
+                Parsed::Malformed => return Err(Refused::Malformed),
+                Parsed::Incomplete if n == buf.len() => return Err(Refused::Malformed),
+                Parsed::Incomplete => {
+                    // The rest of the header is still in flight (rare: load balancers send it
+                    // in one segment); wait a little instead of spinning on peek.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
                 }
             };
             // Consume exactly the header; what follows is the client's TLS or HTTP.
@@ -132,21 +126,59 @@ async fn looks_like_header(stream: &TcpStream, buf: &mut [u8]) -> Result<Option<
         if n == 0 {
             return Ok(None);
         }
-        let seen = &buf[..n];
-        let v1 = &b"PROXY "[..];
-        let (sig, need) = if seen.first() == Some(&b'\r') {
-            (V2_SIGNATURE, V2_SIGNATURE.len())
-        } else {
-            (v1, v1.len())
-        };
-        let k = n.min(need);
-        if seen.get(..k) != sig.get(..k) {
-            return Ok(Some(false));
-        }
-        if n >= need {
-            return Ok(Some(true));
+        if let Some(starts) = starts_header(&buf[..n]) {
+            return Ok(Some(starts));
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether `seen` (the first bytes of a connection, at least one) starts a PROXY header:
+/// `Some(true)` yes, `Some(false)` it cannot, `None` too few bytes to tell.
+pub(crate) fn starts_header(seen: &[u8]) -> Option<bool> {
+    let v1 = &b"PROXY "[..];
+    let (sig, need) = if seen.first() == Some(&b'\r') {
+        (V2_SIGNATURE, V2_SIGNATURE.len())
+    } else {
+        (v1, v1.len())
+    };
+    let k = seen.len().min(need);
+    if seen.get(..k) != sig.get(..k) {
+        return Some(false);
+    }
+    (seen.len() >= need).then_some(true)
+}
+
+/// What the bytes at the start of a connection hold.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
+    /// A header of `len` bytes; `source` is `None` for `LOCAL`/`UNKNOWN`/unix addresses.
+    Header {
+        len: usize,
+        source: Option<SocketAddr>,
+    },
+    /// A header has begun but is not complete.
+    Incomplete,
+    /// Not a valid header.
+    Malformed,
+}
+
+/// Parses a PROXY header (v1 or v2) at the start of `buf`.
+pub(crate) fn parse(buf: &[u8]) -> Parsed {
+    let parsed = ppp::HeaderResult::parse(buf);
+    if parsed.is_incomplete() {
+        return Parsed::Incomplete;
+    }
+    match parsed {
+        ppp::HeaderResult::V1(Ok(h)) => Parsed::Header {
+            len: h.header.len(),
+            source: v1_source(&h.addresses),
+        },
+        ppp::HeaderResult::V2(Ok(h)) => Parsed::Header {
+            len: h.len(),
+            source: v2_source(&h),
+        },
+        ppp::HeaderResult::V1(Err(_)) | ppp::HeaderResult::V2(Err(_)) => Parsed::Malformed,
     }
 }
 
