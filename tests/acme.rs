@@ -423,12 +423,19 @@ async fn ca_down_at_start_then_up_and_a_restart_of_the_binary_orders_nothing() {
         .await;
         assert_eq!(names_and_issuer(&leaf).0, [host]);
     }
-    let issued = proxy
-        .log_lines()
-        .iter()
-        .filter(|l| l.contains("\"event\":\"issued\""))
-        .count();
-    assert_eq!(issued, 2);
+    // Log lines reach stdout in batches (up to 100 ms after they were logged).
+    let issued = || {
+        proxy
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("\"event\":\"issued\""))
+            .count()
+    };
+    eventually("both issues logged", Duration::from_secs(5), async || {
+        issued() >= 2
+    })
+    .await;
+    assert_eq!(issued(), 2);
     let orders = pebble.orders();
     assert_eq!(orders, 2);
     let a = served_certificate(&root, https, A).await.unwrap();

@@ -187,6 +187,19 @@ impl AcmeHost {
         backoff.map_or(renew, |b| b.max(renew))
     }
 
+    /// An order starts now: the status says so, and whether it renews this directory's own
+    /// certificate (else it is a first issue, or replaces another directory's) is returned.
+    pub(super) fn begin_order(&self) -> bool {
+        self.set_status(|s| {
+            s.ordering = true;
+            s.next_attempt = None;
+        });
+        self.served
+            .load()
+            .as_ref()
+            .is_some_and(|s| s.info.source == CertSource::Acme)
+    }
+
     pub(super) fn set_status(&self, f: impl FnOnce(&mut AcmeStatus)) {
         f(&mut lock(&self.status));
     }

@@ -22,7 +22,6 @@ use super::host::{AcmeHost, Backoff, Challenge, Served, lock, renew_at};
 use super::store::{BackoffRow, Error as StoreError, SharedStore};
 use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::metrics::Metrics;
-use crate::tls::cert::CertSource;
 
 /// Longest one order may take before it counts as failed (rustls-acme has no overall limit;
 /// its own polling gives up after about 30 s for a challenge and 17 min for processing).
@@ -245,15 +244,7 @@ pub(super) async fn run_host(
         if !sleep_until(due, &token).await {
             return;
         }
-        host.set_status(|s| {
-            s.ordering = true;
-            s.next_attempt = None;
-        });
-        let renewal = host
-            .served
-            .load()
-            .as_ref()
-            .is_some_and(|s| s.info.source == CertSource::Acme);
+        let renewal = host.begin_order();
         info!(host = %name, directory = %settings.config.directory, challenge = %settings.config.challenge, "ACME order started");
         let result = tokio::select! {
             r = tokio::time::timeout(ATTEMPT_LIMIT, attempt(&settings, &host)) => {

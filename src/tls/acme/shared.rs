@@ -199,15 +199,7 @@ pub(super) async fn run_host(
         if host.due(settings.config.backoff_max) > SystemTime::now() {
             continue;
         }
-        host.set_status(|s| {
-            s.ordering = true;
-            s.next_attempt = None;
-        });
-        let renewal = host
-            .served
-            .load()
-            .as_ref()
-            .is_some_and(|s| s.info.source == CertSource::Acme);
+        let renewal = host.begin_order();
         info!(host = %name, directory = %settings.config.directory, challenge = %settings.config.challenge, replica = %shared.store.replica, "ACME order started (holding the cluster lock)");
         let result = tokio::select! {
             r = tokio::time::timeout(ATTEMPT_LIMIT, attempt(&settings, &shared, &host)) => {
