@@ -571,13 +571,16 @@ fn config_from_a_mounted_file_and_from_environment_variables() {
     // Nothing on the image's default 8443 any more: the variable moved the listener.
     let (status, _) = https_get(c.published(8443), "url1234.example.test", "x.invalid", "/");
     assert_eq!(status, 0, "8443 still answers");
-    // log.query from the environment: the access log keeps the query string.
-    let lines = json_lines(&c.logs().0);
-    let access = access_lines(&lines);
-    assert!(
-        access.iter().any(|l| l["path"] == "/wf/open?upn=file"),
-        "{access:?}"
-    );
+    // log.query from the environment: the access log keeps the query string (lines reach
+    // stdout in batches, up to 100 ms after they were logged).
+    let logged = poll(Duration::from_secs(5), || {
+        let lines = json_lines(&c.logs().0);
+        access_lines(&lines)
+            .iter()
+            .any(|l| l["path"] == "/wf/open?upn=file")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{:?}", c.logs());
 }
 
 #[test]
@@ -893,6 +896,13 @@ fn compose_haproxy_two_replicas_rolling_restart_loses_no_request() {
         serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap();
     let ok = summary["ok"].as_u64().unwrap() as usize;
 
+    // Access-log lines reach stdout in batches (up to 100 ms late): wait until every answered
+    // request has its line, or 10 s.
+    let _ = poll(Duration::from_secs(10), || {
+        let logged = access_lines(&json_lines(&a.logs().0)).len()
+            + access_lines(&json_lines(&b.logs().0)).len();
+        (logged >= ok).then_some(())
+    });
     let a_lines = json_lines(&a.logs().0);
     let (a_before, a_after) = split_at_last_start(&a_lines);
     let b_lines = json_lines(&b.logs().0);
