@@ -280,10 +280,7 @@ async fn a_sigterm_right_after_a_burst_loses_no_line() {
     let ids = burst(&s, &bin, 8, 0, 250, "Mozilla/5.0 (burst)").await;
     // At once: most lines are still in the proxy's buffer (flushed every 100 ms).
     bin.signal("TERM").await;
-    let status = tokio::time::timeout(Duration::from_secs(20), bin.child.wait())
-        .await
-        .expect("exits")
-        .unwrap();
+    let status = bin.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}");
     // The process is gone: what it wrote is all in the pipe, which the reader drains.
     let lines = bin.wait_for_lines(ids.len(), is_access).await;

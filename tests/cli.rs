@@ -246,10 +246,7 @@ async fn serve_embedded_default_then_sigterm_exits_zero() {
     assert!(ok, "{err}");
     assert!(out == "502" || out == "504", "{out}");
     p.signal("TERM").await;
-    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
-        .await
-        .expect("exits within the grace period")
-        .unwrap();
+    let status = p.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{:?}", p.log_lines());
     assert!(p.log_lines().iter().any(|l| l.contains("SIGTERM")));
 }
@@ -283,10 +280,7 @@ async fn serve_with_file_certificate_answers_curl_with_upstream_302() {
     );
     assert_eq!(s.upstream.last().target, "/ls/click?upn=abc%2Bdef");
     p.signal("INT").await;
-    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = p.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0));
 }
 

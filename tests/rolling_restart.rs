@@ -146,10 +146,7 @@ async fn rolling_restart_behind_haproxy_loses_no_request() {
     // Restart A: SIGTERM, wait for it to exit (drain, then in-flight requests), start it again
     // on the same ports.
     a.signal("TERM").await;
-    let status = tokio::time::timeout(Duration::from_secs(20), a.child.wait())
-        .await
-        .expect("A exits after draining")
-        .unwrap();
+    let status = a.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0));
     let served_by_old_a = access_lines(&a);
     let a2 = start(&cfg, &a_https, &a_admin).await;

@@ -20,6 +20,8 @@ pub struct BinProxy {
     pub log: Arc<Mutex<Vec<String>>>,
     /// Whether stdout is being read (see [`BinProxy::pause_stdout`]).
     reading: tokio::sync::watch::Sender<bool>,
+    /// The tasks reading stdout and stderr; they end at end of file, after the process exits.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl BinProxy {
@@ -48,7 +50,7 @@ impl BinProxy {
         let stderr = child.stderr.take().unwrap();
         let lines = log.clone();
         let (reading, mut gate) = tokio::sync::watch::channel(true);
-        tokio::spawn(async move {
+        let out_reader = tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
             let mut tx = Some(tx);
             let mut r = tokio::io::BufReader::new(stdout).lines();
@@ -72,7 +74,7 @@ impl BinProxy {
             }
         });
         let lines = log.clone();
-        tokio::spawn(async move {
+        let err_reader = tokio::spawn(async move {
             use tokio::io::AsyncBufReadExt;
             let mut r = tokio::io::BufReader::new(stderr).lines();
             while let Ok(Some(line)) = r.next_line().await {
@@ -90,6 +92,31 @@ impl BinProxy {
             admin,
             log,
             reading,
+            readers: vec![out_reader, err_reader],
+        }
+    }
+
+    /// Waits (at most `limit`) for the process to exit and for its stdout and stderr to be read
+    /// to the end, so that [`BinProxy::log_lines`] then holds every line it wrote; panics on
+    /// timeout.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.resume_stdout();
+        let readers = std::mem::take(&mut self.readers);
+        let child = &mut self.child;
+        let waited = tokio::time::timeout(limit, async move {
+            let status = child.wait().await.expect("wait for trackproxy");
+            for r in readers {
+                let _ = r.await;
+            }
+            status
+        })
+        .await;
+        match waited {
+            Ok(status) => status,
+            Err(_) => panic!(
+                "trackproxy did not exit within {limit:?}: {:?}",
+                self.log_lines()
+            ),
         }
     }
 
