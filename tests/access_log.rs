@@ -243,7 +243,12 @@ fn one_complete_line_each(lines: &[Value], ids: &HashSet<String>) {
         assert_eq!(l["tls"], "TLSv1.3");
         assert_eq!(l["level"], "INFO");
         assert_eq!(l["message"], "request");
-        assert_eq!(l["span"]["request_id"], id);
+        // The request span exists at `debug` only (the suite's level; some tests run at the
+        // default `info`): where there is one, it is this request's.
+        assert!(
+            l.get("span").is_none() || l["span"]["request_id"] == id,
+            "{l}"
+        );
         assert!(
             l["bytes"].as_u64().is_some() && l["user_agent"].is_string(),
             "{l}"

@@ -356,7 +356,7 @@ fn request_span_is_current() -> bool {
     })
 }
 
-/// The name and target of the request span (`tracing::info_span!("request", …)` in
+/// The name and target of the request span (`tracing::debug_span!("request", …)` in
 /// `request_id`).
 const REQUEST_SPAN: &str = "request";
 const REQUEST_SPAN_TARGET: &str = "trackproxy::middleware::request_id";
@@ -761,8 +761,17 @@ mod tests {
         }
     }
 
+    /// The JSON formatter at `debug` (where the request span is built).
     fn subscriber(out: &Captured) -> impl tracing::Subscriber + Send + Sync + use<> {
+        subscriber_at(out, tracing::Level::DEBUG)
+    }
+
+    fn subscriber_at(
+        out: &Captured,
+        level: tracing::Level,
+    ) -> impl tracing::Subscriber + Send + Sync + use<> {
         tracing_subscriber::fmt()
+            .with_max_level(level)
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -803,6 +812,25 @@ mod tests {
         ));
         *res.status_mut() = StatusCode::FOUND;
         Ok(res)
+    }
+
+    /// At the default level no request span is built; the line still carries the id.
+    #[tokio::test]
+    async fn at_info_the_line_has_the_request_id_and_no_span() {
+        let out = Captured::default();
+        let _guard = tracing::subscriber::set_default(subscriber_at(&out, tracing::Level::INFO));
+        let metrics = Metrics::new(["url1.example.com"]);
+        let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer::new())
+            .layer(AccessLogLayer::new(metrics, false))
+            .service_fn(stub);
+        let res = svc.oneshot(request("/wf/open", None)).await.unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        res.into_body().collect().await.unwrap();
+        let lines = out.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["request_id"], id.as_str());
+        assert!(lines[0].get("span").is_none(), "{}", lines[0]);
     }
 
     #[tokio::test]
