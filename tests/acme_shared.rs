@@ -282,6 +282,28 @@ fn no_postgres_chatter(procs: &[BinProxy]) {
     }
 }
 
+/// What `trackproxy certs --config file` prints (it must succeed).
+async fn certs(file: &Path) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_trackproxy"))
+            .args(["certs", "--config"])
+            .arg(file)
+            .output(),
+    )
+    .await
+    .expect("trackproxy certs hangs")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(common::postgres::PASSWORD), "{text}");
+    text
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -294,7 +316,7 @@ async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
         validity_seconds: None,
     })
     .await;
-    let (caches, _, procs) = c.start_all("cache").await;
+    let (caches, first_files, procs) = c.start_all("cache").await;
     c.all_serve(&procs).await;
     // Exactly one order per host for the whole cluster; validations went through HAProxy's
     // round robin, so some reached replicas that had not ordered.
@@ -322,6 +344,24 @@ async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
         assert!(res.contains("{\"ready\":true}"), "{res}");
     }
     no_postgres_chatter(&procs);
+
+    // `trackproxy certs` shows the store's view: which replica ordered, when, next renewal.
+    let table = certs(&first_files[2]).await;
+    for host in [A, B] {
+        let by = c.pg.psql(&format!(
+            "SELECT ordered_by FROM trackproxy_acme_cert WHERE host = '{host}'"
+        ));
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(line.contains("Pebble"), "{line}");
+        assert!(
+            line.contains(&format!("store: ordered by {} at 20", by.trim())),
+            "{line}"
+        );
+        assert!(line.contains("renewal due 20"), "{line}");
+    }
 
     // The database alone holds no private key in clear: not as PEM, not as the DER bytes of
     // the key every replica serves (taken from a replica's local copy).
@@ -398,6 +438,12 @@ async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
     // PostgreSQL stopped: the replicas keep serving; one restarted meanwhile serves its local
     // copy; when PostgreSQL is back, the store is used again.
     pg.down();
+    let table = certs(&files[1]).await;
+    for host in [A, B] {
+        let line = table.lines().find(|l| l.starts_with(host)).unwrap();
+        assert!(line.contains("store not readable"), "{line}");
+        assert!(line.contains("Pebble"), "the local copy: {line}");
+    }
     let restarted = {
         drop(procs.remove(0));
         c.start_replica(&files[0], 0).await

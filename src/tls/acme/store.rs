@@ -29,7 +29,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tracing::warn;
 
 pub use postgres::Error;
-pub(super) use postgres::{BackoffRow, Notification, PgStore};
+pub(super) use postgres::{BackoffRow, Notification, PgStore, ViewRow};
 
 use crate::metrics::Metrics;
 
