@@ -45,7 +45,8 @@ pub enum Command {
     /// failed, 1 when one did, 64 on a configuration or usage error.
     Doctor(Box<DoctorArgs>),
     /// List every host with its certificate: source (file, acme, self-signed, missing), issuer,
-    /// expiry and days left. Reads the certificate files and the ACME cache; starts nothing.
+    /// expiry and days left. Reads the certificate files and the ACME cache (with
+    /// `tls.acme.store`, the store: which replica ordered, when, next renewal); starts nothing.
     Certs(ConfigArg),
     /// Write a commented configuration for a new setup: one ESP preset, your branded hosts,
     /// certificates over ACME from Let's Encrypt's staging directory first. Exit 0 when

@@ -1,5 +1,7 @@
 //! Logging: `tracing` to standard output, JSON or human-readable, filtered by `log.level` (the
-//! `RUST_LOG` environment variable, when set, wins, for one-off debugging).
+//! `RUST_LOG` environment variable, when set, wins, for one-off debugging). A filter whose
+//! default level is `debug` or `trace` keeps [`QUIET`] libraries at `info` unless it names
+//! them: `tokio_postgres` logs every SQL statement at DEBUG.
 //!
 //! Every line goes through one [`Sink`]: appended to an in-memory buffer, which a dedicated
 //! writer thread writes to standard output when it is full ([`BUFFER_BYTES`]) or
@@ -483,8 +485,8 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
     }
     let filter = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|s| EnvFilter::try_new(s).ok())
-        .or_else(|| EnvFilter::try_new(&cfg.level).ok())
+        .and_then(|s| filter(&s))
+        .or_else(|| filter(&cfg.level))
         .unwrap_or_else(|| EnvFilter::new("info"));
     let sink = match Sink::start(io::stdout()) {
         Ok(s) => s,
@@ -517,6 +519,32 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
         let _ = JSON.set(());
     }
     LogGuard { sink: Some(sink) }
+}
+
+/// Libraries whose DEBUG lines come one per query or packet: kept at `info` by a filter whose
+/// default level is `debug` or `trace`, unless the filter names them
+/// (`"debug,tokio_postgres=debug"`).
+pub const QUIET: &[&str] = &["tokio_postgres"];
+
+/// The filter for `spec` (a `tracing` filter such as `log.level`), with [`QUIET`] applied;
+/// `None` when `spec` does not parse.
+#[must_use]
+pub fn filter(spec: &str) -> Option<EnvFilter> {
+    let mut filter = EnvFilter::try_new(spec).ok()?;
+    // The default level is a directive without a target (`debug`, not `trackproxy=debug`).
+    let verbose_default = spec.split(',').map(str::trim).any(|d| {
+        ["debug", "trace", "4", "5"]
+            .iter()
+            .any(|l| d.eq_ignore_ascii_case(l))
+    });
+    if verbose_default {
+        for target in QUIET.iter().filter(|t| !spec.contains(**t)) {
+            if let Ok(d) = format!("{target}=info").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    Some(filter)
 }
 
 /// Unbuffered fallback when no writer thread can be started.
@@ -554,6 +582,63 @@ pub fn init_cli() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which of (target, level) events `spec` lets through.
+    fn passes(spec: &str, target_events: &[(&str, tracing::Level)]) -> Vec<bool> {
+        use tracing_subscriber::layer::SubscriberExt;
+        let f = filter(spec).unwrap();
+        let sub = tracing_subscriber::registry().with(f);
+        tracing::subscriber::with_default(sub, || {
+            target_events
+                .iter()
+                .map(|(target, level)| {
+                    let meta = tracing::Metadata::new(
+                        "probe",
+                        target,
+                        *level,
+                        None,
+                        None,
+                        None,
+                        tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&PROBE)),
+                        tracing::metadata::Kind::EVENT,
+                    );
+                    tracing::dispatcher::get_default(|d| d.enabled(&meta))
+                })
+                .collect()
+        })
+    }
+
+    struct Probe;
+    static PROBE: Probe = Probe;
+    impl tracing::callsite::Callsite for Probe {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unreachable!("not registered")
+        }
+    }
+
+    #[test]
+    fn a_debug_default_keeps_tokio_postgres_at_info_unless_named() {
+        use tracing::Level;
+        let probes = [
+            ("trackproxy::tls", Level::DEBUG),
+            ("tokio_postgres::query", Level::DEBUG),
+            ("tokio_postgres::connection", Level::INFO),
+        ];
+        assert_eq!(passes("debug", &probes), [true, false, true]);
+        assert_eq!(
+            passes("info,trackproxy=DEBUG", &probes),
+            [true, false, true]
+        );
+        assert_eq!(passes("TRACE", &probes), [true, false, true]);
+        assert_eq!(
+            passes("debug,tokio_postgres=debug", &probes),
+            [true, true, true]
+        );
+        assert_eq!(passes("info", &probes), [false, false, true]);
+        assert_eq!(passes("warn", &probes), [false, false, false]);
+        assert!(filter("not a [filter").is_none());
+    }
 
     /// Collects what the writer thread writes; blocks while `gate` is closed.
     #[derive(Clone, Default)]

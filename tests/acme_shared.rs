@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::haproxy::{HaProxy, Route};
-use common::pebble::{Pebble, PebblePlan, names_and_issuer, served_certificate};
+use common::pebble::{Pebble, PebbleOptions, PebblePlan, names_and_issuer, served_certificate};
 use common::postgres::Postgres;
 use common::{BinProxy, Setup, eventually, unused_addr};
 use rustls::pki_types::pem::PemObject;
@@ -26,83 +26,282 @@ struct Replica {
     http: SocketAddr,
 }
 
-fn write_config(
-    s: &Setup,
-    plan: &PebblePlan,
-    pg: &Postgres,
-    dir: &Path,
-    cache: &Path,
-    key: &str,
-) -> PathBuf {
-    let key_file = dir.join("store.key");
-    std::fs::write(&key_file, format!("{key}\n")).unwrap();
-    let toml = plan
-        .acme(
-            common::TestConfig::new(&s.upstream.url)
-                .upstream_ca(&s.ca.ca_file)
-                .hosts(&[A, B]),
-            cache,
-            "tls-alpn-01",
+/// What differs between the tests' clusters.
+struct Options {
+    hosts: &'static [&'static str],
+    challenge: &'static str,
+    /// Pebble's certificate lifetime in seconds (default: Pebble's 5 years).
+    validity_seconds: Option<u64>,
+}
+
+/// PostgreSQL, Pebble and an HAProxy that round-robins TCP across the three replicas' HTTPS
+/// and HTTP listeners (Pebble validates through it); the replicas themselves are started by
+/// [`Cluster::start_all`].
+struct Cluster {
+    s: Setup,
+    pg: Postgres,
+    pebble: Pebble,
+    _ha: HaProxy,
+    work: tempfile::TempDir,
+    replicas: Vec<Replica>,
+    /// HAProxy's frontend for TLS-ALPN-01 (Pebble's `tlsPort`).
+    tls_frontend: SocketAddr,
+    options: Options,
+    /// The root issuing this Pebble's certificates.
+    root: String,
+}
+
+impl Cluster {
+    async fn start(options: Options) -> Cluster {
+        let s = Setup::new().await;
+        let pg = Postgres::start();
+        let plan = PebblePlan::new();
+        let work = tempfile::tempdir().unwrap();
+        let replicas: Vec<Replica> = (0..3)
+            .map(|_| Replica {
+                https: unused_addr(),
+                http: unused_addr(),
+            })
+            .collect();
+        // A connection refused by a dead replica is retried on another one (the kill test).
+        let route = |servers: Vec<SocketAddr>| Route {
+            servers,
+            backend: "    option redispatch 1\n    retries 2".into(),
+            ..Route::default()
+        };
+        let ha = HaProxy::start(
+            &[
+                route(replicas.iter().map(|r| r.https).collect()),
+                route(replicas.iter().map(|r| r.http).collect()),
+            ],
+            "",
         )
-        .set("tls.acme.store", pg.url())
-        .set("tls.acme.store_password_file", &pg.password_file(dir))
-        .set("tls.acme.store_key_file", &key_file)
-        .set("tls.acme.backoff_initial", "1s")
-        .set("tls.acme.backoff_max", "2s")
-        .toml();
-    let file = dir.join(format!(
-        "trackproxy-{}.toml",
-        cache.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&file, toml).unwrap();
-    file
-}
+        .await;
+        let pebble = Pebble::start_with(
+            plan,
+            ha.frontends[0].port(),
+            ha.frontends[1].port(),
+            PebbleOptions {
+                validity_seconds: options.validity_seconds,
+            },
+        )
+        .await;
+        let root = pebble.root_pem().await;
+        Cluster {
+            s,
+            pg,
+            pebble,
+            tls_frontend: ha.frontends[0],
+            _ha: ha,
+            work,
+            replicas,
+            options,
+            root,
+        }
+    }
 
-async fn start(file: &Path, r: &Replica) -> BinProxy {
-    let https = r.https.to_string();
-    let http = r.http.to_string();
-    BinProxy::start(
-        Some(file),
-        &[
-            ("TRACKPROXY__SERVER__HTTPS_LISTEN", &https),
-            ("TRACKPROXY__SERVER__HTTP_LISTEN", &http),
-        ],
-    )
-    .await
-}
+    /// Writes a replica's configuration into `dir` with `cache` as its `cache_dir` and `key`
+    /// as the store key.
+    fn config(&self, dir: &Path, cache: &Path, key: &str) -> PathBuf {
+        let key_file = dir.join("store.key");
+        std::fs::write(&key_file, format!("{key}\n")).unwrap();
+        let toml = self
+            .pebble
+            .plan
+            .acme(
+                common::TestConfig::new(&self.s.upstream.url)
+                    .upstream_ca(&self.s.ca.ca_file)
+                    .hosts(self.options.hosts),
+                cache,
+                self.options.challenge,
+            )
+            .set("tls.acme.store", self.pg.url())
+            .set("tls.acme.store_password_file", &self.pg.password_file(dir))
+            .set("tls.acme.store_key_file", &key_file)
+            .set("tls.acme.backoff_initial", "1s")
+            .set("tls.acme.backoff_max", "2s")
+            .toml();
+        let file = dir.join(format!(
+            "trackproxy-{}.toml",
+            cache.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(&file, toml).unwrap();
+        file
+    }
 
-/// Waits until `addr` serves a certificate from this Pebble for `host`; returns its DER.
-async fn serves(root: &str, addr: SocketAddr, host: &str, procs: &[BinProxy]) -> Vec<u8> {
-    eventually(
-        &format!("a Pebble certificate for {host} on {addr}"),
-        ISSUE,
-        async || {
-            let der = served_certificate(root, addr, host).await.map_err(|e| {
-                let logs: Vec<String> = procs
-                    .iter()
-                    .flat_map(|p| {
-                        let l: Vec<String> = p
-                            .log_lines()
-                            .into_iter()
-                            .filter(|l| {
-                                l.contains("ACME") || l.contains("acme") || l.contains("store")
-                            })
-                            .filter(|l| !l.contains("tokio_postgres"))
-                            .collect();
-                        l[l.len().saturating_sub(8)..].to_vec()
-                    })
-                    .collect();
-                format!("{e}; replica logs: {logs:#?}")
-            })?;
-            let (names, issuer) = names_and_issuer(&der);
-            if names == [host] && issuer.contains("Pebble") {
-                Ok(der.to_vec())
-            } else {
-                Err(format!("{names:?} from {issuer}"))
+    /// Starts replica `i` with the configuration `file`.
+    async fn start_replica(&self, file: &Path, i: usize) -> BinProxy {
+        let https = self.replicas[i].https.to_string();
+        let http = self.replicas[i].http.to_string();
+        BinProxy::start(
+            Some(file),
+            &[
+                ("TRACKPROXY__SERVER__HTTPS_LISTEN", &https),
+                ("TRACKPROXY__SERVER__HTTP_LISTEN", &http),
+            ],
+        )
+        .await
+    }
+
+    /// Starts the three replicas, each with an empty cache `<prefix><i>`; returns the caches,
+    /// the configuration files and the processes.
+    async fn start_all(&self, prefix: &str) -> (Vec<PathBuf>, Vec<PathBuf>, Vec<BinProxy>) {
+        let mut caches = Vec::new();
+        let mut files = Vec::new();
+        let mut procs = Vec::new();
+        for i in 0..self.replicas.len() {
+            let cache = self.work.path().join(format!("{prefix}{i}"));
+            std::fs::create_dir(&cache).unwrap();
+            let file = self.config(self.work.path(), &cache, KEY);
+            procs.push(self.start_replica(&file, i).await);
+            caches.push(cache);
+            files.push(file);
+        }
+        (caches, files, procs)
+    }
+
+    /// Waits until replica `i` serves a certificate from this Pebble for `host` for which
+    /// `accept` holds; returns its DER.
+    async fn serves_if(
+        &self,
+        i: usize,
+        host: &str,
+        procs: &[BinProxy],
+        limit: Duration,
+        accept: impl Fn(&[u8]) -> bool,
+    ) -> Vec<u8> {
+        let addr = self.replicas[i].https;
+        eventually(
+            &format!("a Pebble certificate for {host} on replica {i}"),
+            limit,
+            async || {
+                let der = served_certificate(&self.root, addr, host)
+                    .await
+                    .map_err(|e| format!("{e}; replica logs: {:#?}", acme_lines(procs)))?;
+                let (names, issuer) = names_and_issuer(&der);
+                if names != [host] || !issuer.contains("Pebble") {
+                    Err(format!("{names:?} from {issuer}"))
+                } else if accept(&der) {
+                    Ok(der.to_vec())
+                } else {
+                    Err("not the certificate expected yet".to_owned())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until every replica serves a Pebble certificate for every host; returns
+    /// `[replica][host]` DER.
+    async fn all_serve(&self, procs: &[BinProxy]) -> Vec<Vec<Vec<u8>>> {
+        let mut served = Vec::new();
+        for i in 0..self.replicas.len() {
+            let mut row = Vec::new();
+            for host in self.options.hosts {
+                row.push(self.serves_if(i, host, procs, ISSUE, |_| true).await);
             }
-        },
+            served.push(row);
+        }
+        served
+    }
+
+    /// The process id of the replica that ordered `host`'s certificate in the store
+    /// (`ordered_by` is `hostname/pid`).
+    fn orderer(&self, host: &str) -> u32 {
+        let by = self.pg.psql(&format!(
+            "SELECT ordered_by FROM trackproxy_acme_cert WHERE host = '{host}'"
+        ));
+        pid_of(by.trim())
+    }
+}
+
+/// The process id in a replica name (`hostname/pid`).
+fn pid_of(replica: &str) -> u32 {
+    replica
+        .rsplit_once('/')
+        .and_then(|(_, pid)| pid.parse().ok())
+        .unwrap_or_else(|| panic!("not a replica name: {replica:?}"))
+}
+
+/// The last ACME and store lines of each replica's log, shortened (for failure messages).
+fn acme_lines(procs: &[BinProxy]) -> Vec<String> {
+    procs
+        .iter()
+        .flat_map(|p| {
+            let pid = p.pid_or_exited();
+            let l: Vec<String> = p
+                .log_lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|v| {
+                    v["target"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("trackproxy"))
+                })
+                .filter(|v| {
+                    let m = v["message"].as_str().unwrap_or_default();
+                    m.contains("ACME") || m.contains("store")
+                })
+                .map(|v| {
+                    format!(
+                        "{pid} {} {} {}",
+                        v["message"].as_str().unwrap_or_default(),
+                        v["host"].as_str().unwrap_or_default(),
+                        v["error"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect();
+            l[l.len().saturating_sub(8)..].to_vec()
+        })
+        .collect()
+}
+
+/// The JSON log lines of `p` with this `message` whose `field` is `host`.
+fn lines_about(p: &BinProxy, message: &str, field: &str, host: &str) -> usize {
+    p.log_lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message && v[field] == host)
+        .count()
+}
+
+/// No replica logged tokio_postgres' per-query DEBUG lines (the tests run at `log.level =
+/// "debug"`, which keeps `tokio_postgres` at `info`).
+fn no_postgres_chatter(procs: &[BinProxy]) {
+    for p in procs {
+        let chatter: Vec<String> = p
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains("\"target\":\"tokio_postgres"))
+            .collect();
+        assert!(
+            chatter.is_empty(),
+            "{:#?}",
+            &chatter[..chatter.len().min(5)]
+        );
+    }
+}
+
+/// What `trackproxy certs --config file` prints (it must succeed).
+async fn certs(file: &Path) -> String {
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_trackproxy"))
+            .args(["certs", "--config"])
+            .arg(file)
+            .output(),
     )
     .await
+    .expect("trackproxy certs hangs")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(common::postgres::PASSWORD), "{text}");
+    text
 }
 
 fn hex(b: &[u8]) -> String {
@@ -111,57 +310,17 @@ fn hex(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
-    let s = Setup::new().await;
-    let pg = Postgres::start();
-    let plan = PebblePlan::new();
-    let work = tempfile::tempdir().unwrap();
-    let replicas: Vec<Replica> = (0..3)
-        .map(|_| Replica {
-            https: unused_addr(),
-            http: unused_addr(),
-        })
-        .collect();
-    let ha = HaProxy::start(
-        &[
-            Route {
-                servers: replicas.iter().map(|r| r.https).collect(),
-                ..Route::default()
-            },
-            Route {
-                servers: replicas.iter().map(|r| r.http).collect(),
-                ..Route::default()
-            },
-        ],
-        "",
-    )
+    let c = Cluster::start(Options {
+        hosts: &[A, B],
+        challenge: "tls-alpn-01",
+        validity_seconds: None,
+    })
     .await;
-    let pebble = Pebble::start(plan, ha.frontends[0].port(), ha.frontends[1].port()).await;
-    let caches: Vec<PathBuf> = (0..3)
-        .map(|i| {
-            let c = work.path().join(format!("cache{i}"));
-            std::fs::create_dir(&c).unwrap();
-            c
-        })
-        .collect();
-    let files: Vec<PathBuf> = caches
-        .iter()
-        .map(|c| write_config(&s, &pebble.plan, &pg, work.path(), c, KEY))
-        .collect();
-    let mut procs = Vec::new();
-    for (f, r) in files.iter().zip(&replicas) {
-        procs.push(start(f, r).await);
-    }
-    let root = pebble.root_pem().await;
-    for r in &replicas {
-        for host in [A, B] {
-            serves(&root, r.https, host, &procs).await;
-        }
-    }
+    let (caches, first_files, procs) = c.start_all("cache").await;
+    c.all_serve(&procs).await;
     // Exactly one order per host for the whole cluster; validations went through HAProxy's
     // round robin, so some reached replicas that had not ordered.
-    assert_eq!(pebble.orders(), 2, "{:#?}", pebble.log());
-    let orderers = pg.psql("SELECT count(DISTINCT ordered_by) FROM trackproxy_acme_cert");
-    assert!(orderers.trim().parse::<u32>().unwrap() >= 1);
+    assert_eq!(c.pebble.orders(), 2, "{:#?}", c.pebble.log());
     let answered: usize = procs
         .iter()
         .map(|p| {
@@ -184,9 +343,29 @@ async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
         .await;
         assert!(res.contains("{\"ready\":true}"), "{res}");
     }
+    no_postgres_chatter(&procs);
+
+    // `trackproxy certs` shows the store's view: which replica ordered, when, next renewal.
+    let table = certs(&first_files[2]).await;
+    for host in [A, B] {
+        let by = c.pg.psql(&format!(
+            "SELECT ordered_by FROM trackproxy_acme_cert WHERE host = '{host}'"
+        ));
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(line.contains("Pebble"), "{line}");
+        assert!(
+            line.contains(&format!("store: ordered by {} at 20", by.trim())),
+            "{line}"
+        );
+        assert!(line.contains("renewal due 20"), "{line}");
+    }
 
     // The database alone holds no private key in clear: not as PEM, not as the DER bytes of
     // the key every replica serves (taken from a replica's local copy).
+    let pg = &c.pg;
     let dump = pg.dump();
     assert!(dump.contains("trackproxy_acme_cert"), "{dump}");
     assert!(!dump.contains("PRIVATE KEY"));
@@ -226,32 +405,14 @@ async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
     // A restart of every replica, each with an empty cache_dir: all certificates come from the
     // store, nothing is ordered.
     drop(procs);
-    let fresh: Vec<PathBuf> = (0..3)
-        .map(|i| {
-            let c = work.path().join(format!("fresh{i}"));
-            std::fs::create_dir(&c).unwrap();
-            c
-        })
-        .collect();
-    let files: Vec<PathBuf> = fresh
-        .iter()
-        .map(|c| write_config(&s, &pebble.plan, &pg, work.path(), c, KEY))
-        .collect();
-    let mut procs = Vec::new();
-    for (f, r) in files.iter().zip(&replicas) {
-        procs.push(start(f, r).await);
-    }
-    for r in &replicas {
-        for host in [A, B] {
-            serves(&root, r.https, host, &procs).await;
-        }
-    }
-    assert_eq!(pebble.orders(), 2, "a restart ordered again");
+    let (_, files, mut procs) = c.start_all("fresh").await;
+    c.all_serve(&procs).await;
+    assert_eq!(c.pebble.orders(), 2, "a restart ordered again");
 
     // A wrong store key is a start-up error naming the key.
-    let wrong = work.path().join("wrong");
+    let wrong = c.work.path().join("wrong");
     std::fs::create_dir(&wrong).unwrap();
-    let file = write_config(&s, &pebble.plan, &pg, &wrong, &wrong, &"ab".repeat(32));
+    let file = c.config(&wrong, &wrong, &"ab".repeat(32));
     let out = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_trackproxy"))
@@ -277,15 +438,17 @@ async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
     // PostgreSQL stopped: the replicas keep serving; one restarted meanwhile serves its local
     // copy; when PostgreSQL is back, the store is used again.
     pg.down();
+    let table = certs(&files[1]).await;
+    for host in [A, B] {
+        let line = table.lines().find(|l| l.starts_with(host)).unwrap();
+        assert!(line.contains("store not readable"), "{line}");
+        assert!(line.contains("Pebble"), "the local copy: {line}");
+    }
     let restarted = {
         drop(procs.remove(0));
-        start(&files[0], &replicas[0]).await
+        c.start_replica(&files[0], 0).await
     };
-    for r in &replicas {
-        for host in [A, B] {
-            serves(&root, r.https, host, &procs).await;
-        }
-    }
+    c.all_serve(&procs).await;
     pg.up();
     restarted
         .wait_for_lines(1, |v| {
@@ -293,5 +456,172 @@ async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
                 || v["message"] == "ACME store notifications received again"
         })
         .await;
-    assert_eq!(pebble.orders(), 2);
+    assert_eq!(c.pebble.orders(), 2);
+}
+
+/// SIGKILL of the replica holding a host's lock while its order waits for validation: its
+/// session ends, PostgreSQL releases the advisory lock, and a surviving replica orders and
+/// completes. Pebble's validation of the first order is sent to a listener that accepts and
+/// never answers (the host resolves to 127.0.0.2 for Pebble at first), so that order cannot
+/// complete before the kill: no timing involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_lock_holder_mid_order_lets_another_replica_complete_it() {
+    let c = Cluster::start(Options {
+        hosts: &[A],
+        challenge: "tls-alpn-01",
+        validity_seconds: None,
+    })
+    .await;
+    let tarpit = tokio::net::TcpListener::bind(("127.0.0.2", c.tls_frontend.port()))
+        .await
+        .unwrap();
+    c.pebble.add_a(A, "127.0.0.2").await;
+    let (_, _, mut procs) = c.start_all("cache").await;
+    let (hanging, _) = tokio::time::timeout(ISSUE, tarpit.accept())
+        .await
+        .unwrap_or_else(|_| panic!("Pebble never validated: {:#?}", acme_lines(&procs)))
+        .unwrap();
+
+    // Mid-order: the holder put its challenge into the store before asking Pebble to
+    // validate, and waits for an authorization that cannot become valid while Pebble's
+    // validation hangs here. The host's advisory lock is held.
+    let holders = c.pg.psql(&format!(
+        "SELECT DISTINCT created_by FROM trackproxy_acme_challenge WHERE host = '{A}'"
+    ));
+    let holders: Vec<&str> = holders.lines().collect();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let holder = pid_of(holders[0]);
+    let locks =
+        c.pg.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted");
+    assert!(
+        locks.trim().parse::<u32>().unwrap() >= 1,
+        "no advisory lock held"
+    );
+    assert_eq!(c.pebble.orders(), 1, "{:#?}", c.pebble.log());
+    let i = procs
+        .iter()
+        .position(|p| p.pid() == holder)
+        .expect("the holder is one of the replicas");
+    let mut killed = procs.remove(i);
+    killed.signal("KILL").await;
+    killed.wait_exit(Duration::from_secs(10)).await;
+    // From now on Pebble validates through HAProxy again; the abandoned validation fails.
+    c.pebble.clear_a(A).await;
+    drop(hanging);
+    drop(tarpit);
+
+    for j in (0..3).filter(|j| *j != i) {
+        c.serves_if(j, A, &procs, ISSUE, |_| true).await;
+    }
+    // One certificate for the host. Two orders: the one abandoned with the killed replica
+    // (Pebble keeps it pending or invalid) and the one the survivor completed; none while the
+    // killed replica held the lock (the count was 1 at the kill).
+    assert_eq!(c.pebble.issued(), 1, "{:#?}", c.pebble.log());
+    assert_eq!(c.pebble.orders(), 2, "{:#?}", c.pebble.log());
+    let orderer = c.orderer(A);
+    assert_ne!(orderer, holder);
+    assert!(procs.iter().any(|p| p.pid() == orderer));
+    let started: usize = procs
+        .iter()
+        .map(|p| {
+            lines_about(
+                p,
+                "ACME order started (holding the cluster lock)",
+                "host",
+                A,
+            )
+        })
+        .sum();
+    assert_eq!(started, 1, "{:#?}", acme_lines(&procs));
+    assert_eq!(
+        c.pg.psql("SELECT count(*) FROM trackproxy_acme_challenge")
+            .trim(),
+        "0",
+        "the killed replica's challenge stayed in the store"
+    );
+}
+
+/// HTTP-01 through the store: Pebble fetches the token through HAProxy's round robin, so the
+/// replicas that did not order answer it from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_tokens_are_answered_by_replicas_that_did_not_order() {
+    let c = Cluster::start(Options {
+        hosts: &[A, B],
+        challenge: "http-01",
+        validity_seconds: None,
+    })
+    .await;
+    let (_, _, procs) = c.start_all("cache").await;
+    c.all_serve(&procs).await;
+    assert_eq!(c.pebble.orders(), 2, "{:#?}", c.pebble.log());
+    assert_eq!(c.pebble.issued(), 2);
+    for host in [A, B] {
+        let orderer = c.orderer(host);
+        let answering: Vec<u32> = procs
+            .iter()
+            .filter(|p| lines_about(p, "answering an ACME HTTP-01 challenge", "host", host) > 0)
+            .map(BinProxy::pid)
+            .collect();
+        assert!(
+            answering.iter().any(|p| *p != orderer),
+            "{host}: ordered by {orderer}, answered only by {answering:?}"
+        );
+    }
+    no_postgres_chatter(&procs);
+}
+
+/// A certificate due for renewal (Pebble issues 30-second certificates: due after 20 s) is
+/// renewed by one replica for the cluster, and every replica serves the new one without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_is_ordered_once_for_the_cluster_and_reaches_every_replica() {
+    let c = Cluster::start(Options {
+        hosts: &[A, B],
+        challenge: "tls-alpn-01",
+        validity_seconds: Some(30),
+    })
+    .await;
+    let (_, _, procs) = c.start_all("cache").await;
+    let first = c.all_serve(&procs).await;
+    for row in &first {
+        assert_eq!(row, &first[0], "the replicas serve different certificates");
+    }
+    assert_eq!(c.pebble.orders(), 2);
+    let mut second = Vec::new();
+    for (h, host) in [A, B].iter().enumerate() {
+        let old = first[0][h].clone();
+        for i in 0..3 {
+            let der = c
+                .serves_if(i, host, &procs, ISSUE, |d| d != old.as_slice())
+                .await;
+            second.push(der);
+        }
+    }
+    // One renewal per host for the cluster; the next is 20 s away.
+    assert_eq!(c.pebble.orders(), 4, "{:#?}", c.pebble.log());
+    assert_eq!(c.pebble.issued(), 4);
+    assert_eq!(second[0], second[1]);
+    assert_eq!(second[1], second[2]);
+    assert_eq!(second[3], second[4]);
+    assert_eq!(second[4], second[5]);
+    for host in [A, B] {
+        // The orderer logs after saving: its line may come after the others serve it.
+        let renewed = eventually(
+            &format!("the renewal of {host} in a log"),
+            Duration::from_secs(10),
+            async || {
+                let n: usize = procs
+                    .iter()
+                    .map(|p| lines_about(p, "ACME certificate renewed", "host", host))
+                    .sum();
+                if n > 0 {
+                    Ok(n)
+                } else {
+                    Err(acme_lines(&procs))
+                }
+            },
+        )
+        .await;
+        assert_eq!(renewed, 1, "{host}: {:#?}", acme_lines(&procs));
+    }
 }

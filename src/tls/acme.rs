@@ -219,6 +219,74 @@ pub fn cached_backoff(cfg: &AcmeConfig, host: &str) -> Option<(u32, SystemTime)>
     Some((b.failures, b.next_attempt?))
 }
 
+/// A host as the shared store holds it (`trackproxy certs` with `tls.acme.store`).
+#[derive(Debug)]
+pub struct StoredHost {
+    /// The certificate in the store, if one was issued.
+    pub cert: Option<CertInfo>,
+    /// The replica that ordered it (`hostname/pid`) and when.
+    pub ordered: Option<(String, SystemTime)>,
+    /// When the next order is due.
+    pub renew_at: Option<SystemTime>,
+    /// Failed attempts since the last success and the next attempt, while failing.
+    pub backoff: Option<(u32, Option<SystemTime>)>,
+}
+
+/// What the shared store of `cfg` holds, by host: `None` without `tls.acme.store`. Connects
+/// once and only reads (no schema change, no private key read); blocks the calling thread.
+///
+/// # Errors
+/// The store cannot be reached or read.
+pub fn store_view(cfg: &AcmeConfig) -> Option<Result<HashMap<String, StoredHost>, StoreError>> {
+    let store = cfg.store.as_ref()?;
+    let read = || -> Result<HashMap<String, StoredHost>, StoreError> {
+        let pg = PgStore::new(store, &cfg.directory).map_err(StoreError::Data)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StoreError::Runtime)?;
+        let rows = rt.block_on(pg.view())?;
+        rows.into_iter()
+            .map(|r: store::ViewRow| {
+                let cert = match &r.chain_pem {
+                    Some(pem) => {
+                        let leaf = CertificateDer::pem_slice_iter(pem.as_bytes())
+                            .next()
+                            .transpose()
+                            .map_err(|e| {
+                                StoreError::Data(format!(
+                                    "the chain of {} in the store: {e}",
+                                    r.host
+                                ))
+                            })?;
+                        Some(
+                            crate::tls::cert::inspect(
+                                leaf.as_ref(),
+                                crate::tls::cert::CertSource::Acme,
+                            )
+                            .map_err(|m| {
+                                StoreError::Data(format!(
+                                    "the chain of {} in the store: {m}",
+                                    r.host
+                                ))
+                            })?,
+                        )
+                    }
+                    None => None,
+                };
+                let entry = StoredHost {
+                    cert,
+                    ordered: r.ordered_by.zip(r.ordered_at),
+                    renew_at: r.renew_at,
+                    backoff: (r.failures > 0).then_some((r.failures, r.next_attempt)),
+                };
+                Ok((r.host, entry))
+            })
+            .collect()
+    };
+    Some(read())
+}
+
 /// With a shared store (`tls.acme.store`): connects once at start to create or migrate the
 /// schema and check the store key. An unreachable store is logged and does not stop the
 /// start (the local copies under `cache_dir` are served, and the host tasks retry).

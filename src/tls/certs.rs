@@ -112,8 +112,35 @@ pub struct HostCertificate {
     pub note: Option<String>,
 }
 
+/// The certificate and note of a host as the shared store holds it: who ordered it and when,
+/// the next renewal, and the back-off while failing.
+fn store_note(stored: Option<&acme::StoredHost>) -> (Option<CertInfo>, String) {
+    let t = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let Some(s) = stored else {
+        return (None, "store: not issued yet".to_owned());
+    };
+    let mut parts = Vec::new();
+    match &s.ordered {
+        Some((by, at)) => parts.push(format!("store: ordered by {by} at {}", t(*at))),
+        None => parts.push("store: not issued yet".to_owned()),
+    }
+    if let Some(r) = s.renew_at {
+        parts.push(format!("renewal due {}", t(r)));
+    }
+    if let Some((failures, next)) = s.backoff {
+        let plural = if failures == 1 { "" } else { "s" };
+        parts.push(match next {
+            Some(n) => format!("{failures} failed attempt{plural}, next at {}", t(n)),
+            None => format!("{failures} failed attempt{plural}"),
+        });
+    }
+    (s.cert.clone(), parts.join("; "))
+}
+
 /// Every configured host with the certificate it would be served with, read from the
-/// certificate files and the ACME cache. Starts nothing, contacts nobody, writes nothing.
+/// certificate files and the ACME cache, or with `tls.acme.store` the store (read only; when
+/// it cannot be read, the local copies under `cache_dir`, with a note). Starts nothing,
+/// writes nothing.
 #[must_use]
 pub fn inventory(cfg: &Config) -> Vec<HostCertificate> {
     let provider = super::crypto::provider();
@@ -125,6 +152,7 @@ pub fn inventory(cfg: &Config) -> Vec<HostCertificate> {
             Err(p) => notes.push(p.to_string()),
         }
     }
+    let stored = cfg.tls.acme.as_ref().and_then(acme::store_view);
     cfg.hosts
         .iter()
         .map(|h| {
@@ -138,6 +166,15 @@ pub fn inventory(cfg: &Config) -> Vec<HostCertificate> {
                 };
             }
             let unreadable = (!notes.is_empty()).then(|| notes.join("; "));
+            if let Some(Ok(view)) = &stored {
+                let (cert, note) = store_note(view.get(&host));
+                return HostCertificate {
+                    host,
+                    source: Some(CertSource::Acme),
+                    cert,
+                    note: Some(note),
+                };
+            }
             if let Some(a) = &cfg.tls.acme {
                 let (cert, mut note) = match acme::cached_certificate(a, &host, &provider) {
                     Ok(Some(c)) => (Some(c), None),
@@ -151,6 +188,13 @@ pub fn inventory(cfg: &Config) -> Vec<HostCertificate> {
                         humantime::format_rfc3339_seconds(next)
                     );
                     note = Some(note.map_or(retry.clone(), |n| format!("{n}; {retry}")));
+                }
+                if let Some(Err(e)) = &stored {
+                    let unread = format!(
+                        "store not readable ({}): local copy shown",
+                        crate::error::chain(e)
+                    );
+                    note = Some(note.map_or(unread.clone(), |n| format!("{unread}; {n}")));
                 }
                 return HostCertificate {
                     host,

@@ -135,6 +135,11 @@ impl BinProxy {
         self.child.id().expect("running")
     }
 
+    /// The process id, or 0 once the process was waited for.
+    pub fn pid_or_exited(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// Sends a signal with kill(1).
     pub async fn signal(&self, sig: &str) {
         let st = tokio::process::Command::new("kill")

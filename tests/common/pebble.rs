@@ -74,6 +74,14 @@ impl PebblePlan {
     }
 }
 
+/// What may differ from Pebble's defaults.
+#[derive(Default)]
+pub struct PebbleOptions {
+    /// `certificateValidityPeriod` in seconds (Pebble's default: 5 years), to make certificates
+    /// due for renewal within a test.
+    pub validity_seconds: Option<u64>,
+}
+
 /// A running Pebble and its DNS.
 pub struct Pebble {
     pub plan: PebblePlan,
@@ -86,6 +94,16 @@ impl Pebble {
     /// Starts Pebble validating against `tls_port` (TLS-ALPN-01) and `http_port` (HTTP-01) on
     /// 127.0.0.1, and waits until its directory is served.
     pub async fn start(plan: PebblePlan, tls_port: u16, http_port: u16) -> Pebble {
+        Self::start_with(plan, tls_port, http_port, PebbleOptions::default()).await
+    }
+
+    /// [`Pebble::start`] with `options`.
+    pub async fn start_with(
+        plan: PebblePlan,
+        tls_port: u16,
+        http_port: u16,
+        options: PebbleOptions,
+    ) -> Pebble {
         let dns = Command::new("pebble-challtestsrv")
             .args([
                 "-management",
@@ -109,7 +127,7 @@ impl Pebble {
             .spawn()
             .expect("pebble-challtestsrv must be installed (apt-get install -y pebble)");
         let config = plan.dir.path().join("pebble.json");
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "pebble": {
                 "listenAddress": format!("127.0.0.1:{}", plan.listen),
                 "managementListenAddress": format!("127.0.0.1:{}", plan.management),
@@ -121,6 +139,9 @@ impl Pebble {
                 "externalAccountBindingRequired": false
             }
         });
+        if let Some(v) = options.validity_seconds {
+            json["pebble"]["certificateValidityPeriod"] = v.into();
+        }
         std::fs::write(&config, json.to_string()).unwrap();
         let mut pebble = Command::new("pebble")
             .arg("-config")
@@ -199,6 +220,14 @@ impl Pebble {
             .count()
     }
 
+    /// Certificates Pebble has issued (`Issued certificate serial … for order …`).
+    pub fn issued(&self) -> usize {
+        self.log()
+            .iter()
+            .filter(|l| l.contains("Issued certificate serial"))
+            .count()
+    }
+
     /// The root issuing certificates in this run of Pebble (PEM).
     pub async fn root_pem(&self) -> String {
         let client = reqwest::Client::builder()
@@ -226,15 +255,29 @@ impl Pebble {
 
     /// Makes `host` resolve to `ip` for Pebble (to fail its validation, for example).
     pub async fn add_a(&self, host: &str, ip: &str) {
+        self.dns_management(
+            "add-a",
+            serde_json::json!({ "host": host, "addresses": [ip] }),
+        )
+        .await;
+    }
+
+    /// Undoes [`Pebble::add_a`]: `host` resolves to 127.0.0.1 again.
+    pub async fn clear_a(&self, host: &str) {
+        self.dns_management("clear-a", serde_json::json!({ "host": host }))
+            .await;
+    }
+
+    async fn dns_management(&self, path: &str, body: serde_json::Value) {
         reqwest::Client::builder()
             .no_proxy()
             .build()
             .unwrap()
             .post(format!(
-                "http://127.0.0.1:{}/add-a",
+                "http://127.0.0.1:{}/{path}",
                 self.plan.dns_management
             ))
-            .body(serde_json::json!({ "host": host, "addresses": [ip] }).to_string())
+            .body(body.to_string())
             .send()
             .await
             .unwrap()

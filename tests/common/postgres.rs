@@ -73,16 +73,49 @@ impl Postgres {
         self.dir.path().join("data")
     }
 
-    fn run(&self, prog: &str, args: &[&str]) -> std::process::Output {
+    /// `prog` of the server's binaries, run as the `postgres` user when the tests run as root.
+    fn server_command(&self, prog: &str) -> Command {
         let exe = self.bin.join(prog);
-        let mut cmd = if self.as_postgres {
+        if self.as_postgres {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(exe);
             c
         } else {
             Command::new(exe)
-        };
-        let out = cmd
+        }
+    }
+
+    /// A client program (`psql`, `pg_dump`) connected to this server as `postgres`.
+    fn client_command(&self, prog: &str) -> Command {
+        let mut c = Command::new(self.bin.join(prog));
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .env("PGPASSWORD", PASSWORD);
+        c
+    }
+
+    /// Runs a client program and returns its standard output; panics when it fails.
+    fn client_output(&self, prog: &str, args: &[&str]) -> String {
+        let out = self.client_command(prog).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{prog}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> std::process::Output {
+        let out = self
+            .server_command(prog)
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -148,68 +181,20 @@ impl Postgres {
 
     /// Runs `sql` with psql and returns its unaligned output.
     pub fn psql(&self, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-At",
-                "-c",
-                sql,
-            ])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.client_output("psql", &["-At", "-c", sql])
     }
 
     /// The whole database as `pg_dump` writes it (plain SQL).
     pub fn dump(&self) -> String {
-        let out = Command::new(self.bin.join("pg_dump"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .env("PGPASSWORD", PASSWORD)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_dump: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        self.client_output("pg_dump", &[])
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let exe = self.bin.join("pg_ctl");
         let data = self.data();
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
-        let _ = cmd
+        let _ = self
+            .server_command("pg_ctl")
             .args(["-D", data.to_str().unwrap_or(""), "-m", "immediate", "stop"])
             .output();
     }

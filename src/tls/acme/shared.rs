@@ -106,6 +106,9 @@ async fn refresh(
         if !same {
             let info = served.info.clone();
             host.served.store(Some(Arc::new(served)));
+            // The order that made it has ended: a TLS-ALPN-01 answer cached from it must not
+            // answer the next order's validation.
+            shared.challenges.forget(name);
             metrics.certificate_expiry(name, "acme", info.not_after);
             info!(
                 host = %name,

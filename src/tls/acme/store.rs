@@ -29,7 +29,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tracing::warn;
 
 pub use postgres::Error;
-pub(super) use postgres::{BackoffRow, Notification, PgStore};
+pub(super) use postgres::{BackoffRow, Notification, PgStore, ViewRow};
 
 use crate::metrics::Metrics;
 
@@ -84,12 +84,12 @@ impl SharedChallenges {
     /// The TLS configuration answering a TLS-ALPN-01 validation for `host`, if an order for
     /// it waits for one anywhere in the cluster.
     pub async fn tls_alpn01(&self, host: &str) -> Option<Arc<ServerConfig>> {
-        self.fetch(host).await.1
+        self.fetch(host, None).await.1
     }
 
     /// The HTTP-01 key authorization for `token` on `host`, if an order waits for it.
     pub async fn http01(&self, host: &str, token: &str) -> Option<String> {
-        self.fetch(host)
+        self.fetch(host, Some(token))
             .await
             .0
             .into_iter()
@@ -121,19 +121,26 @@ impl SharedChallenges {
         );
     }
 
-    /// Forgets what is known about `host` (its order ended).
+    /// Forgets what is known about `host` (its order ended, here or on another replica).
     pub(super) fn forget(&self, host: &str) {
         lock(&self.cache).remove(host);
     }
 
-    async fn fetch(&self, host: &str) -> (Vec<(String, String)>, Option<Arc<ServerConfig>>) {
+    /// The pending challenges of `host`, from the cache when fresh. An HTTP-01 `token` the
+    /// cached challenges do not hold is looked up again (a newer order of another replica).
+    async fn fetch(
+        &self,
+        host: &str,
+        token: Option<&str>,
+    ) -> (Vec<(String, String)>, Option<Arc<ServerConfig>>) {
         if let Some(c) = lock(&self.cache).get(host) {
-            let ttl = if c.pending.is_empty() {
-                MISS_TTL
+            let fresh = if c.pending.is_empty() {
+                c.at.elapsed() < MISS_TTL
             } else {
-                HIT_TTL
+                c.at.elapsed() < HIT_TTL
+                    && token.is_none_or(|t| c.pending.iter().any(|(p, _)| p == t))
             };
-            if c.at.elapsed() < ttl {
+            if fresh {
                 return (c.pending.clone(), c.tls.clone());
             }
         }

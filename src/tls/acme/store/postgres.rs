@@ -103,6 +103,22 @@ pub enum Error {
     /// A row that cannot be used.
     #[error("{0}")]
     Data(String),
+    /// No runtime could be started to read the store (`trackproxy certs`).
+    #[error("cannot start a runtime to read the store")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// One host as the store holds it, for `trackproxy certs` (its key is not read).
+#[derive(Debug)]
+pub(in crate::tls::acme) struct ViewRow {
+    pub(in crate::tls::acme) host: String,
+    /// The certificate chain, when one was issued.
+    pub(in crate::tls::acme) chain_pem: Option<String>,
+    pub(in crate::tls::acme) ordered_by: Option<String>,
+    pub(in crate::tls::acme) ordered_at: Option<SystemTime>,
+    pub(in crate::tls::acme) renew_at: Option<SystemTime>,
+    pub(in crate::tls::acme) failures: u32,
+    pub(in crate::tls::acme) next_attempt: Option<SystemTime>,
 }
 
 /// A certificate as the store holds it (key already opened).
@@ -465,6 +481,34 @@ impl PgStore {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         let _ = ready_tx.send(client);
         Ok(rx)
+    }
+
+    /// Every host of this directory in the store, with its certificate and back-off: one
+    /// connection, reads only (no migration, no key check, no private key read).
+    pub(in crate::tls::acme) async fn view(&self) -> Result<Vec<ViewRow>, Error> {
+        let (c, _closed) = self.connect().await?;
+        let rows = c
+            .query(
+                "SELECT coalesce(c.host, b.host), c.chain_pem, c.ordered_by, c.ordered_at, \
+                   c.renew_at, coalesce(b.failures, 0), b.next_attempt \
+                 FROM trackproxy_acme_cert c FULL JOIN trackproxy_acme_backoff b \
+                   ON b.directory = c.directory AND b.host = c.host \
+                 WHERE coalesce(c.directory, b.directory) = $1",
+                &[&self.directory],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ViewRow {
+                host: r.get(0),
+                chain_pem: r.get(1),
+                ordered_by: r.get(2),
+                ordered_at: r.get(3),
+                renew_at: r.get(4),
+                failures: u32::try_from(r.get::<_, i32>(5)).unwrap_or(0),
+                next_attempt: r.get(6),
+            })
+            .collect())
     }
 
     /// The directory this store is for.
