@@ -541,6 +541,75 @@ async fn killing_the_lock_holder_mid_order_lets_another_replica_complete_it() {
     );
 }
 
+/// PostgreSQL lost mid-order (stopped with `-m immediate` while the holder's validation hangs,
+/// as in the test above): the holder's lock session ends, so it abandons the order (another
+/// replica could take the lock once PostgreSQL is back); nobody orders while PostgreSQL is
+/// down; when it returns, one replica orders again and every replica gets that certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_lost_mid_order_abandons_it_and_the_cluster_orders_once_it_is_back() {
+    let c = Cluster::start(Options {
+        hosts: &[A],
+        challenge: "tls-alpn-01",
+        validity_seconds: None,
+    })
+    .await;
+    let tarpit = tokio::net::TcpListener::bind(("127.0.0.2", c.tls_frontend.port()))
+        .await
+        .unwrap();
+    c.pebble.add_a(A, "127.0.0.2").await;
+    let (_, _, procs) = c.start_all("cache").await;
+    let (hanging, _) = tokio::time::timeout(ISSUE, tarpit.accept())
+        .await
+        .unwrap_or_else(|_| panic!("Pebble never validated: {:#?}", acme_lines(&procs)))
+        .unwrap();
+    let holders = c.pg.psql(&format!(
+        "SELECT DISTINCT created_by FROM trackproxy_acme_challenge WHERE host = '{A}'"
+    ));
+    let holders: Vec<&str> = holders.lines().collect();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let holder = procs
+        .iter()
+        .find(|p| p.pid() == pid_of(holders[0]))
+        .expect("the holder is one of the replicas");
+    assert_eq!(c.pebble.orders(), 1, "{:#?}", c.pebble.log());
+
+    c.pg.down();
+    holder
+        .wait_for_lines(1, |v| {
+            v["message"] == "ACME order failed"
+                && v["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cluster lock ended"))
+        })
+        .await;
+    // Pebble validates through HAProxy again from now on; the abandoned validation fails.
+    c.pebble.clear_a(A).await;
+    drop(hanging);
+    drop(tarpit);
+    // Down for a few of the replicas' lock polls (2 s) and back-offs (1–2 s): nobody orders.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.pebble.orders(), 1, "ordered while PostgreSQL was down");
+    c.pg.up();
+
+    for j in 0..3 {
+        c.serves_if(j, A, &procs, ISSUE, |_| true).await;
+    }
+    assert_eq!(c.pebble.issued(), 1, "{:#?}", c.pebble.log());
+    assert_eq!(c.pebble.orders(), 2, "{:#?}", c.pebble.log());
+    let started: usize = procs
+        .iter()
+        .map(|p| {
+            lines_about(
+                p,
+                "ACME order started (holding the cluster lock)",
+                "host",
+                A,
+            )
+        })
+        .sum();
+    assert_eq!(started, 2, "{:#?}", acme_lines(&procs));
+}
+
 /// HTTP-01 through the store: Pebble fetches the token through HAProxy's round robin, so the
 /// replicas that did not order answer it from the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
