@@ -32,6 +32,8 @@ struct Options {
     challenge: &'static str,
     /// Pebble's certificate lifetime in seconds (default: Pebble's 5 years).
     validity_seconds: Option<u64>,
+    /// PostgreSQL with `ssl = on`, reached with `sslmode=verify-full&sslrootcert=<test CA>`.
+    tls: bool,
 }
 
 /// PostgreSQL, Pebble and an HAProxy that round-robins TCP across the three replicas' HTTPS
@@ -54,7 +56,11 @@ struct Cluster {
 impl Cluster {
     async fn start(options: Options) -> Cluster {
         let s = Setup::new().await;
-        let pg = Postgres::start();
+        let pg = if options.tls {
+            Postgres::start_tls(&s.ca)
+        } else {
+            Postgres::start()
+        };
         let plan = PebblePlan::new();
         let work = tempfile::tempdir().unwrap();
         let replicas: Vec<Replica> = (0..3)
@@ -103,6 +109,11 @@ impl Cluster {
     /// Writes a replica's configuration into `dir` with `cache` as its `cache_dir` and `key`
     /// as the store key.
     fn config(&self, dir: &Path, cache: &Path, key: &str) -> PathBuf {
+        self.config_with_root(dir, cache, key, &self.s.ca.ca_file)
+    }
+
+    /// [`Cluster::config`] with `root` as `sslrootcert` when PostgreSQL runs with TLS.
+    fn config_with_root(&self, dir: &Path, cache: &Path, key: &str, root: &Path) -> PathBuf {
         let key_file = dir.join("store.key");
         std::fs::write(&key_file, format!("{key}\n")).unwrap();
         let toml = self
@@ -115,7 +126,7 @@ impl Cluster {
                 cache,
                 self.options.challenge,
             )
-            .set("tls.acme.store", self.pg.url())
+            .set("tls.acme.store", self.store_url(root))
             .set("tls.acme.store_password_file", &self.pg.password_file(dir))
             .set("tls.acme.store_key_file", &key_file)
             .set("tls.acme.backoff_initial", "1s")
@@ -127,6 +138,19 @@ impl Cluster {
         ));
         std::fs::write(&file, toml).unwrap();
         file
+    }
+
+    /// `tls.acme.store`: verifying the server against `ca` when PostgreSQL runs with TLS.
+    fn store_url(&self, ca: &Path) -> String {
+        if self.options.tls {
+            format!(
+                "{}?sslmode=verify-full&sslrootcert={}",
+                self.pg.url(),
+                ca.display()
+            )
+        } else {
+            self.pg.url()
+        }
     }
 
     /// Starts replica `i` with the configuration `file`.
@@ -314,6 +338,7 @@ async fn three_replicas_order_each_host_once_and_share_it_through_postgres() {
         hosts: &[A, B],
         challenge: "tls-alpn-01",
         validity_seconds: None,
+        tls: false,
     })
     .await;
     let (caches, first_files, procs) = c.start_all("cache").await;
@@ -470,6 +495,7 @@ async fn killing_the_lock_holder_mid_order_lets_another_replica_complete_it() {
         hosts: &[A],
         challenge: "tls-alpn-01",
         validity_seconds: None,
+        tls: false,
     })
     .await;
     let tarpit = tokio::net::TcpListener::bind(("127.0.0.2", c.tls_frontend.port()))
@@ -618,6 +644,7 @@ async fn http01_tokens_are_answered_by_replicas_that_did_not_order() {
         hosts: &[A, B],
         challenge: "http-01",
         validity_seconds: None,
+        tls: true,
     })
     .await;
     let (_, _, procs) = c.start_all("cache").await;
@@ -637,6 +664,41 @@ async fn http01_tokens_are_answered_by_replicas_that_did_not_order() {
         );
     }
     no_postgres_chatter(&procs);
+
+    // The store was reached over TLS (verify-full against the tests' CA): PostgreSQL says
+    // every connection of the replicas is encrypted.
+    let ssl = c.pg.psql(
+        "SELECT count(*), bool_and(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+         WHERE application_name = 'trackproxy'",
+    );
+    let (n, all) = ssl.trim().split_once('|').unwrap();
+    assert!(n.parse::<u32>().unwrap() >= 3, "replica connections: {ssl}");
+    assert_eq!(all, "t", "replica connections not all encrypted: {ssl}");
+
+    // A replica trusting another CA refuses the server's certificate, and logs why.
+    let other = common::pki::TestCa::new();
+    let dir = c.work.path().join("wrong-ca");
+    let cache = dir.join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let file = c.config_with_root(&dir, &cache, KEY, &other.ca_file);
+    let (https, http) = (unused_addr().to_string(), unused_addr().to_string());
+    let wrong = BinProxy::start(
+        Some(&file),
+        &[
+            ("TRACKPROXY__SERVER__HTTPS_LISTEN", &https),
+            ("TRACKPROXY__SERVER__HTTP_LISTEN", &http),
+        ],
+    )
+    .await;
+    wrong
+        .wait_for_lines(1, |v| {
+            let line = v.to_string();
+            // Both test CAs are named alike: rustls finds the issuer by name and says
+            // BadSignature (UnknownIssuer with differently named CAs).
+            line.contains("ACME store")
+                && line.contains("error performing TLS handshake: invalid peer certificate")
+        })
+        .await;
 }
 
 /// A certificate due for renewal (Pebble issues 30-second certificates: due after 20 s) is
@@ -648,6 +710,7 @@ async fn a_renewal_is_ordered_once_for_the_cluster_and_reaches_every_replica() {
         hosts: &[A, B],
         challenge: "tls-alpn-01",
         validity_seconds: Some(30),
+        tls: false,
     })
     .await;
     let (_, _, procs) = c.start_all("cache").await;

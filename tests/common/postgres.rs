@@ -32,6 +32,16 @@ fn bin_dir() -> PathBuf {
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Self::start_with(None)
+    }
+
+    /// A server with `ssl = on` and a certificate for `127.0.0.1` issued by `ca`; plain
+    /// connections are still accepted.
+    pub fn start_tls(ca: &super::pki::TestCa) -> Postgres {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&super::pki::TestCa>) -> Postgres {
         let dir = tempfile::tempdir().unwrap();
         let uid = Command::new("id").arg("-u").output().unwrap();
         let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
@@ -65,6 +75,29 @@ impl Postgres {
                 "--no-sync",
             ],
         );
+        if let Some(ca) = ca {
+            let (cert, key) = ca.issue(&["127.0.0.1"], super::pki::KeyAlg::EcdsaP256);
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            let key_file = data.join("server.key");
+            std::fs::write(&key_file, key).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if as_postgres {
+                let st = Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(data.join("server.crt"))
+                    .arg(&key_file)
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+            }
+            let conf = data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str(
+                "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+            std::fs::write(&conf, text).unwrap();
+        }
         p.up();
         p
     }

@@ -15,6 +15,7 @@
 
 mod postgres;
 mod seal;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

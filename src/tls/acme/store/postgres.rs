@@ -23,10 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Mutex, mpsc};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use super::seal::Seal;
+use super::tls::Tls;
 use crate::config::StoreConfig;
 
 /// The schema version this build writes and reads.
@@ -147,6 +149,8 @@ pub(in crate::tls::acme) enum Notification {
 /// The store of one ACME directory.
 pub(in crate::tls::acme) struct PgStore {
     config: tokio_postgres::Config,
+    /// TLS as `sslmode` and `sslrootcert` ask (`disable` never uses it).
+    tls: MakeRustlsConnect,
     directory: String,
     seal: Seal,
     /// Who writes (host name and process id), for `ordered_by` and `trackproxy certs`.
@@ -161,8 +165,10 @@ impl PgStore {
     /// When the URL cannot be parsed or the key is not 32 bytes (the message never holds
     /// either).
     pub(in crate::tls::acme) fn new(cfg: &StoreConfig, directory: &str) -> Result<Self, String> {
-        let mut config = tokio_postgres::Config::from_str(&cfg.url)
+        let tls = Tls::from_url(&cfg.url)?;
+        let mut config = tokio_postgres::Config::from_str(&tls.url)
             .map_err(|e| format!("not a usable PostgreSQL URL: {e}"))?;
+        let tls = tls.connector()?;
         if let Some(p) = &cfg.password {
             config.password(p.0.clone());
         }
@@ -175,6 +181,7 @@ impl PgStore {
         let seal = Seal::new(&cfg.key.0).ok_or("the store key must be 32 bytes")?;
         Ok(PgStore {
             config,
+            tls,
             directory: directory.to_owned(),
             seal,
             replica: replica_name(),
@@ -183,9 +190,10 @@ impl PgStore {
     }
 
     async fn connect(&self) -> Result<(Client, CancellationToken), Error> {
-        let (client, mut conn) = tokio::time::timeout(CONNECT_LIMIT, self.config.connect(NoTls))
-            .await
-            .map_err(|_| Error::Timeout(CONNECT_LIMIT))??;
+        let (client, mut conn) =
+            tokio::time::timeout(CONNECT_LIMIT, self.config.connect(self.tls.clone()))
+                .await
+                .map_err(|_| Error::Timeout(CONNECT_LIMIT))??;
         let closed = CancellationToken::new();
         let guard = closed.clone().drop_guard();
         tokio::spawn(async move {
@@ -447,9 +455,10 @@ impl PgStore {
     /// Listens for notifications on a connection of its own; the receiver ends when that
     /// connection does.
     pub(in crate::tls::acme) async fn listen(&self) -> Result<mpsc::Receiver<Notification>, Error> {
-        let (client, mut conn) = tokio::time::timeout(CONNECT_LIMIT, self.config.connect(NoTls))
-            .await
-            .map_err(|_| Error::Timeout(CONNECT_LIMIT))??;
+        let (client, mut conn) =
+            tokio::time::timeout(CONNECT_LIMIT, self.config.connect(self.tls.clone()))
+                .await
+                .map_err(|_| Error::Timeout(CONNECT_LIMIT))??;
         let (tx, rx) = mpsc::channel(64);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Client>();
         tokio::spawn(async move {
