@@ -577,6 +577,7 @@ async fn postgres_lost_mid_order_abandons_it_and_the_cluster_orders_once_it_is_b
         hosts: &[A],
         challenge: "tls-alpn-01",
         validity_seconds: None,
+        tls: false,
     })
     .await;
     let tarpit = tokio::net::TcpListener::bind(("127.0.0.2", c.tls_frontend.port()))
