@@ -36,6 +36,7 @@ use rustls::ServerConfig;
 
 pub use cert::{CertInfo, CertSource, days_left};
 pub use certs::{Certs, HostCertificate, inventory};
+pub(crate) use crypto::SignaturesOnly;
 pub use crypto::provider;
 pub use sni::SniResolver;
 

@@ -15,10 +15,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, InvalidDnsNameError, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::tls::SignaturesOnly;
 use crate::tls::cert::{self, CertInfo, CertSource};
 
 /// Why a probe did not get an answer.
@@ -216,7 +216,7 @@ impl Prober {
                 source,
             })?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ShowAnyCertificate(provider.clone())))
+            .with_custom_certificate_verifier(Arc::new(SignaturesOnly(provider.clone())))
             .with_no_client_auth();
         // HTTP/1.1 only: the probe speaks HTTP/1.1 over the connection.
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -386,56 +386,6 @@ impl Prober {
             },
             body,
         ))
-    }
-}
-
-/// Accepts any certificate chain during the handshake but still checks the handshake
-/// signatures, so the doctor can report what was presented; the chain is verified afterwards.
-#[derive(Debug)]
-struct ShowAnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for ShowAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
