@@ -265,6 +265,8 @@ struct Run {
     /// Requests answered, warm-up included, and the request lines in the proxy's access log.
     answered: u64,
     log_lines: Option<u64>,
+    /// The times the proxy itself logged (`None` with logging off).
+    log: Option<proxies::LogStats>,
     client_handshakes: Handshakes,
     server_handshakes: Option<Handshakes>,
     /// CPU share of the machine used by neither the proxy nor this harness.
@@ -436,7 +438,8 @@ async fn measure(
         peak_rss_mib,
         upstream_conns,
         answered: tally.answered,
-        log_lines: stopped.log_lines,
+        log_lines: stopped.log.map(|l| l.lines),
+        log: stopped.log,
         client_handshakes: tally.handshakes,
         server_handshakes: stopped.handshakes,
         other_cpu: other,

@@ -143,8 +143,23 @@ pub(crate) struct Stopped {
     /// Handshakes as the server counted them (trackproxy's metric, HAProxy's stats, nginx's
     /// `$ssl_session_reused` log); `None` where there is no count.
     pub(crate) handshakes: Option<Handshakes>,
-    /// Lines in its access log (`None` with logging off).
-    pub(crate) log_lines: Option<u64>,
+    /// What its access log holds (`None` with logging off).
+    pub(crate) log: Option<LogStats>,
+}
+
+/// A proxy's access log, read after the run: its request lines and the times it logged for
+/// them (warm-up included), to tell time spent inside the proxy from time the client saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LogStats {
+    /// Request lines.
+    pub(crate) lines: u64,
+    /// The logged request time (request head to the response's end; nginx's `$request_time`,
+    /// HAProxy's `%Ta`, both in whole milliseconds): its median and 99th percentile.
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// The logged wait for the upstream's response head (`upstream_ms`,
+    /// `$upstream_header_time`, `%Tr`): 99th percentile.
+    pub(crate) upstream_p99_ms: f64,
 }
 
 /// A running proxy; killed when dropped.
@@ -331,36 +346,78 @@ impl Running {
             handshakes = Some(h);
             let _ = std::fs::remove_file(path);
         }
-        let log_lines = match &self.files.access_log {
+        let log = match &self.files.access_log {
             Some(path) => {
-                let n = access_lines(path)?;
+                let stats = access_log(path)?;
                 // A measurement writes up to a few hundred MB: keep the disk use bounded.
                 let _ = std::fs::remove_file(path);
-                Some(n)
+                Some(stats)
             }
             None => None,
         };
-        Ok(Stopped {
-            handshakes,
-            log_lines,
-        })
+        Ok(Stopped { handshakes, log })
     }
 }
 
-/// Lines of an access log that are request lines.
-fn access_lines(path: &Path) -> Result<u64> {
+/// Reads an access log: its request lines and the times logged in them.
+fn access_log(path: &Path) -> Result<LogStats> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("opening the access log {}", path.display()))?;
-    let mut n = 0;
+    let mut lines = 0;
+    let mut total = Vec::new();
+    let mut upstream = Vec::new();
     for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
         let line = line?;
         // The mark is near the start of a line in every format.
         let head = &line[..line.len().min(160)];
-        if head.windows(ACCESS_MARK.len()).any(|w| w == ACCESS_MARK) {
-            n += 1;
+        if !head.windows(ACCESS_MARK.len()).any(|w| w == ACCESS_MARK) {
+            continue;
+        }
+        lines += 1;
+        if let Some(ms) = logged_ms(&line, DURATION_KEYS) {
+            total.push(ms);
+        }
+        if let Some(ms) = logged_ms(&line, UPSTREAM_KEYS) {
+            upstream.push(ms);
         }
     }
-    Ok(n)
+    total.sort_unstable_by(f64::total_cmp);
+    upstream.sort_unstable_by(f64::total_cmp);
+    Ok(LogStats {
+        lines,
+        p50_ms: quantile(&total, 0.50),
+        p99_ms: quantile(&total, 0.99),
+        upstream_p99_ms: quantile(&upstream, 0.99),
+    })
+}
+
+/// Where each format logs a request's time: trackproxy's and HAProxy's JSON (`duration_ms`,
+/// a number of milliseconds), nginx's (`duration`, a string of seconds).
+const DURATION_KEYS: &[(&[u8], f64)] = &[(br#""duration_ms":"#, 1.0), (br#""duration":""#, 1000.0)];
+/// And the wait for the upstream's response head.
+const UPSTREAM_KEYS: &[(&[u8], f64)] = &[(br#""upstream_ms":"#, 1.0), (br#""upstream":""#, 1000.0)];
+
+/// The first of `keys` found in `line`, its number scaled to milliseconds. `None` when absent
+/// or not a number (nginx's `-`, HAProxy's `-1` for no upstream answer).
+fn logged_ms(line: &[u8], keys: &[(&[u8], f64)]) -> Option<f64> {
+    keys.iter().find_map(|&(key, scale)| {
+        let at = line.windows(key.len()).position(|w| w == key)? + key.len();
+        let rest = &line[at..];
+        let end = rest
+            .iter()
+            .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+            .unwrap_or(rest.len());
+        let v: f64 = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+        Some(v * scale)
+    })
+}
+
+/// The `q` quantile of sorted `v`; 0 when empty.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
 /// Runs `trackproxy serve --config PATH`, its stdout and stderr to a file, with `--workers`

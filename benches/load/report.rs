@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::client::Scenario;
-use crate::proxies::{Handshakes, Logging, Scheme, Which};
+use crate::proxies::{Handshakes, LogStats, Logging, Scheme, Which};
 use crate::{Args, Case, Idle, Run};
 
 /// The targets for trackproxy, judged with logging on.
@@ -54,8 +54,12 @@ pub(crate) fn progress_line(r: &Run, rounds: usize) -> String {
         r.upstream_conns,
         r.other_cpu * 100.0
     );
-    if let Some(lines) = r.log_lines {
-        let _ = write!(s, "  log lines {lines}/{} answered", r.answered);
+    if let Some(log) = r.log {
+        let _ = write!(
+            s,
+            "  log lines {}/{} answered, logged p99 {:.2} ms (upstream {:.2})",
+            log.lines, r.answered, log.p99_ms, log.upstream_p99_ms
+        );
     }
     if r.case.scenario.new_connections() {
         let _ = write!(
@@ -164,6 +168,9 @@ pub(crate) fn report(runs: &[Run], idle: &[Idle], args: &Args) -> String {
         };
         measurements(&mut out, runs, args, logging);
         ratios(&mut out, runs, args, logging);
+        if logging == Logging::On {
+            logged_latency(&mut out, runs, args);
+        }
     }
     nagle(&mut out, runs, args);
     idle_table(&mut out, idle, args);
@@ -285,6 +292,39 @@ fn ratios(out: &mut String, runs: &[Run], args: &Args, logging: Logging) {
             spread(&rss_n, 2),
             judge(&rss_n, at_most, 1.0, "≤"),
         );
+    }
+}
+
+/// The latency the client saw beside what each proxy logged for the same requests: how much
+/// of the tail is spent between the request head and the response's end (inside the proxy
+/// and the upstream) and how much outside (the client's socket, the kernel, scheduling before
+/// the proxy reads the request).
+fn logged_latency(out: &mut String, runs: &[Run], args: &Args) {
+    let _ = writeln!(
+        out,
+        "\nLatency seen by the client and logged by the proxy (request head to response end; nginx and HAProxy log whole milliseconds; the log includes the warm-up), ms, medians over rounds:\n\n| scenario | upstream | proxy | client p50 | client p99 | logged p50 | logged p99 | logged upstream p99 |\n|---|---|---|---:|---:|---:|---:|---:|"
+    );
+    for case in cases(args, Logging::On) {
+        for &p in &args.proxies {
+            let rs = runs_of(runs, case, p);
+            let logs: Vec<LogStats> = rs.iter().filter_map(|r| r.log).collect();
+            if logs.is_empty() {
+                continue;
+            }
+            let client = |g: fn(&Run) -> f64| median(rs.iter().map(|r| g(r)).collect());
+            let logged = |g: fn(&LogStats) -> f64| median(logs.iter().map(g).collect());
+            let _ = writeln!(
+                out,
+                "| {} | {} | {p} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                case.scenario.name(),
+                case.upstream,
+                client(|r| r.p50_ms),
+                client(|r| r.p99_ms),
+                logged(|l| l.p50_ms),
+                logged(|l| l.p99_ms),
+                logged(|l| l.upstream_p99_ms),
+            );
+        }
     }
 }
 

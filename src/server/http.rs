@@ -167,7 +167,9 @@ pub(crate) async fn serve<S: Socket>(
         server: server.clone(),
         info,
         // HTTP/2 streams run in tasks of their own: carry the connection's span into each.
-        span: Span::current(),
+        // An HTTP/1 request is polled in the connection's task, already inside that span:
+        // entering it again on every poll would cost a clone and an enter/exit for nothing.
+        span: if h2 { Span::current() } else { Span::none() },
         state: (!h2).then(|| state.clone()),
     }));
     let io = ConnIo {
