@@ -133,6 +133,40 @@ async fn one_json_line_per_request_with_every_field_and_no_query() {
     assert!(all.iter().all(|l| !l.contains("SECRET-TOKEN")), "{all:#?}");
 }
 
+/// At the shipped level (`info`, no request span) a line logged while a request is handled
+/// still carries its connection's span, on HTTP/1.1 (polled in the connection's task) and on
+/// HTTP/2 (a task per stream, which takes the span along).
+#[tokio::test]
+async fn lines_logged_inside_a_request_carry_the_connection_span() {
+    let s = Setup::new().await;
+    let bin = start(&s, &[("TRACKPROXY__LOG__LEVEL", "info")]).await;
+    let mut ids = Vec::new();
+    for http2 in [false, true] {
+        let res = client_with(&s, &bin, http2)
+            .get(format!("https://{DOWN}/wf/open?upn=x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 502);
+        let version = if http2 { "HTTP/2.0" } else { "HTTP/1.1" };
+        assert_eq!(format!("{:?}", res.version()), version);
+        ids.push(res.headers()["x-request-id"].to_str().unwrap().to_owned());
+        res.bytes().await.unwrap();
+    }
+    let warns = bin
+        .wait_for_lines(2, |v| v["message"] == "upstream failed")
+        .await;
+    for id in &ids {
+        let w = warns
+            .iter()
+            .find(|w| w["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no warning for {id}: {warns:#?}"));
+        assert_eq!(w["span"]["name"], "conn", "{w}");
+        let peer = w["span"]["peer"].as_str().unwrap_or_default();
+        assert!(peer.starts_with("127.0.0.1:"), "{w}");
+    }
+}
+
 #[tokio::test]
 async fn query_is_logged_when_enabled() {
     let s = Setup::new().await;
