@@ -227,7 +227,12 @@ where
         let this = self.project();
         let _entered = this.span.enter();
         let mut res = ready!(this.inner.poll(cx))?;
-        if let Some(id) = this.id.take() {
+        if let Some(mut id) = this.id.take() {
+            // Different in every response: on HTTP/2, HPACK sends it "never indexed" instead of
+            // adding each one to the connection's table (an insert and an eviction per
+            // response, and the fields that do repeat pushed out in turn): −2.6 % instructions
+            // per HTTP/2 request (callgrind). HTTP/1.1 ignores the flag.
+            id.set_sensitive(true);
             res.headers_mut().insert(X_REQUEST_ID, id);
         }
         Poll::Ready(Ok(res))
@@ -278,6 +283,10 @@ mod tests {
             let res = send(&[id]).await;
             assert_eq!(res.body(), id, "upstream sees the client's id");
             assert_eq!(res.headers()[X_REQUEST_ID], id, "client gets it back");
+            assert!(
+                res.headers()[X_REQUEST_ID].is_sensitive(),
+                "never indexed by HPACK"
+            );
         }
     }
 
