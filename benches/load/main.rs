@@ -262,10 +262,10 @@ struct Run {
     per_cpu_s: f64,
     peak_rss_mib: f64,
     upstream_conns: u64,
-    /// Requests answered, warm-up included, and the request lines in the proxy's access log.
+    /// Requests answered, warm-up included.
     answered: u64,
-    log_lines: Option<u64>,
-    /// The times the proxy itself logged (`None` with logging off).
+    /// The proxy's access log: its request lines and the times it logged (`None` with logging
+    /// off).
     log: Option<proxies::LogStats>,
     client_handshakes: Handshakes,
     server_handshakes: Option<Handshakes>,
@@ -438,7 +438,6 @@ async fn measure(
         peak_rss_mib,
         upstream_conns,
         answered: tally.answered,
-        log_lines: stopped.log.map(|l| l.lines),
         log: stopped.log,
         client_handshakes: tally.handshakes,
         server_handshakes: stopped.handshakes,
@@ -599,7 +598,7 @@ fn verdict(runs: &[Run], smoke: bool, bad_host: u64) -> bool {
             eprintln!("load: FAILED: {what}: no request completed");
             ok = false;
         }
-        if let Some(lines) = r.log_lines
+        if let Some(lines) = r.log.map(|l| l.lines)
             && lines < r.answered
         {
             eprintln!(

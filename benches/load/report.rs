@@ -399,13 +399,13 @@ fn footer(out: &mut String, runs: &[Run], args: &Args) {
             load_average()
         );
     }
-    let logged: Vec<&Run> = runs.iter().filter(|r| r.log_lines.is_some()).collect();
+    let logged: Vec<&Run> = runs.iter().filter(|r| r.log.is_some()).collect();
     for &p in &args.proxies {
         let (lines, answered) = logged
             .iter()
             .filter(|r| r.proxy == p)
             .fold((0, 0), |(l, a), r| {
-                (l + r.log_lines.unwrap_or(0), a + r.answered)
+                (l + r.log.map_or(0, |l| l.lines), a + r.answered)
             });
         if answered > 0 {
             let _ = writeln!(
